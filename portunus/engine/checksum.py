@@ -1,0 +1,57 @@
+"""sha256 of artefacts and their ``<name>.sha256`` sidecars (sha256sum -c format)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+from portunus.errors import NotAStateDatabase
+
+CHUNK = 1 << 20
+_SIDECAR_LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *](.+)$")
+
+
+def sidecar_path(artefact: Path) -> Path:
+    return artefact.with_name(artefact.name + ".sha256")
+
+
+def sha256_file(path: Path) -> tuple[str, int]:
+    """(hex digest, size) read in 1 MiB chunks: memory stays flat."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def sidecar_text(digest: str, artefact_name: str) -> str:
+    """One line ``sha256sum -c`` accepts when run in the artefact's directory."""
+    return f"{digest}  {artefact_name}\n"
+
+
+def read_sidecar(artefact: Path, *, event: str) -> str | None:
+    """The digest recorded beside ``artefact``, or None when there is no sidecar."""
+    path = sidecar_path(artefact)
+    try:
+        text = path.read_text("utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise NotAStateDatabase(
+            f"cannot read the checksum sidecar {path}: {exc}",
+            event=event,
+            hint="fix or remove the sidecar",
+            path=str(path),
+        ) from exc
+    match = _SIDECAR_LINE.match(text.strip())
+    if not match:
+        raise NotAStateDatabase(
+            f"{path} is not a sha256sum line ('<64 hex digits>  <file name>')",
+            event=event,
+            hint="fix or remove the sidecar",
+            path=str(path),
+        )
+    return match[1].lower()

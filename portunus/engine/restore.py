@@ -1,0 +1,201 @@
+"""Validated restore: stage, check, migrate, and only then swap in.
+
+The previous state stays untouched until the last step, a rename(2) inside
+the data dir, so a failure (or a kill -9) at any moment leaves either the
+old state or the new one, never a half-written file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import apsw
+import structlog
+
+from portunus.datadir import DataDir
+from portunus.engine import artefact, durable
+from portunus.engine.checksum import CHUNK, read_sidecar
+from portunus.errors import NotAStateDatabase, PortunusError, StorageIOError, WouldOverwrite
+from portunus.store import migrations
+from portunus.store.connection import close_quietly, open_standalone, open_store
+from portunus.store.lock import StoreLock
+from portunus.store.sqlitefile import has_sqlite_header
+
+log = structlog.get_logger()
+
+STAGE_PREFIX = ".restore-"
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    path: Path
+    source: Path
+    bytes: int
+    sha256: str
+    checksum_verified: bool
+    from_schema_version: int
+    schema_version: int
+    replaced_existing: bool
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "path": str(self.path),
+            "source": str(self.source),
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+            "checksum_verified": self.checksum_verified,
+            "from_schema_version": self.from_schema_version,
+            "schema_version": self.schema_version,
+            "replaced_existing": self.replaced_existing,
+        }
+
+
+def restore(data_dir: DataDir, source: Path, *, force: bool = False) -> RestoreResult:
+    """Restore ``source`` into ``data_dir``. Checks, in order: input exists
+    (5), SQLite header (7), no server holds the store (75), no state.db
+    unless ``force`` (6); then stage, verify and migrate (7/78/70)."""
+    artefact.require_sqlite_file(
+        source,
+        op="restore",
+        missing_event="restore.input_missing",
+        not_sqlite_event="restore.not_sqlite",
+        io_event="restore.io_error",
+    )
+    _refuse_live_wal(source)
+    data_dir.ensure()
+    with StoreLock(data_dir.lock, "restore"):
+        existed = os.path.lexists(data_dir.state_db)
+        if existed and not force:
+            raise WouldOverwrite(
+                f"{data_dir.path} already holds a state.db; refusing to clobber it",
+                event="restore.data_dir_not_empty",
+                hint="run 'portunus-server reset --confirm' first, or pass --force",
+                path=str(data_dir.state_db),
+            )
+        _sweep_stale_stages(data_dir)
+        staged = durable.create_exclusive(data_dir.path, STAGE_PREFIX, ".db")
+        try:
+            result = _stage_and_check(source, staged, data_dir, existed)
+            _swap_in(staged, data_dir)
+        except BaseException as exc:
+            durable.remove_if_present(*durable.sqlite_family(staged))
+            if isinstance(exc, OSError | apsw.Error) and not isinstance(exc, PortunusError):
+                raise _io_error(exc, source) from exc
+            raise
+    log.info("restore.completed", msg="state restored", **result.as_dict())
+    return result
+
+
+def _refuse_live_wal(source: Path) -> None:
+    # A byte copy would silently drop transactions still in the input's WAL.
+    wal = Path(f"{source}-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        raise NotAStateDatabase(
+            f"{source} has a non-empty {wal.name} beside it: it is a live database, not a backup",
+            event="restore.input_has_wal",
+            hint="restore from a file written by 'portunus-server backup'",
+            path=str(source),
+        )
+
+
+def _stage_and_check(source: Path, staged: Path, data_dir: DataDir, existed: bool):
+    expected = read_sidecar(source, event="restore.checksum_mismatch")
+    digest, size = _copy_hashing(source, staged)
+    if expected is not None and expected != digest:
+        raise NotAStateDatabase(
+            f"{source} does not match its checksum sidecar (sha256 {digest}, expected {expected})",
+            event="restore.checksum_mismatch",
+            hint="the file was damaged in transit or storage; use another copy",
+            path=str(source),
+        )
+    before, after = _check_and_migrate(staged)
+    durable.fsync_path(staged)
+    return RestoreResult(
+        data_dir.state_db, source, size, digest, expected is not None, before, after, existed
+    )
+
+
+def _copy_hashing(source: Path, staged: Path) -> tuple[str, int]:
+    """Copy in 1 MiB chunks, hashing exactly the bytes written."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(source, "rb") as src, open(staged, "wb") as dst:
+        while chunk := src.read(CHUNK):
+            digest.update(chunk)
+            dst.write(chunk)
+            size += len(chunk)
+        dst.flush()
+        os.fsync(dst.fileno())
+    return digest.hexdigest(), size
+
+
+def _check_and_migrate(staged: Path) -> tuple[int, int]:
+    conn = None
+    try:
+        conn = open_standalone(staged)
+        artefact.check_connection_integrity(conn, staged, "full", "restore.integrity_failed")
+        before = artefact.portunus_schema_version(conn, staged, event="restore.not_portunus_store")
+        # The handshake refuses a too-new schema (78) and migrates forward in
+        # one transaction (70 on failure), emitting the startup.* events.
+        done = migrations.handshake(conn, staged)
+        return before, done.to_version
+    finally:
+        close_quietly(conn)
+
+
+def _swap_in(staged: Path, data_dir: DataDir) -> None:
+    _checkpoint_previous(data_dir.state_db)
+    # Delete the old WAL before the rename: SQLite would replay it onto the
+    # new file. The checkpoint above emptied it, so no old transaction dies.
+    durable.remove_if_present(data_dir.wal, data_dir.shm)
+    os.replace(staged, data_dir.state_db)
+    durable.fsync_dir(data_dir.path)
+
+
+def _checkpoint_previous(state_db: Path) -> None:
+    """Fold the previous store's WAL into state.db, so that a crash between
+    removing the WAL and the rename still leaves the whole old state."""
+    try:
+        if not has_sqlite_header(state_db):
+            return
+    except OSError:
+        return  # missing, a symlink, unreadable: nothing of ours to keep
+    conn = None
+    try:
+        conn = open_store(state_db)
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except apsw.Error as exc:
+        log.warning(
+            "restore.previous_state_unreadable",
+            msg="the state being replaced could not be checkpointed",
+            path=str(state_db),
+            error=str(exc),
+        )
+    finally:
+        close_quietly(conn)
+
+
+def _sweep_stale_stages(data_dir: DataDir) -> None:
+    # We hold the lock, so any staged file left here is from a killed restore.
+    for leftover in data_dir.path.glob(f"{STAGE_PREFIX}*"):
+        durable.remove_if_present(leftover)
+
+
+def _io_error(exc: BaseException, source: Path) -> PortunusError:
+    if isinstance(exc, apsw.CorruptError | apsw.NotADBError):
+        return NotAStateDatabase(
+            f"{source} cannot be read as a database: {exc}",
+            event="restore.integrity_failed",
+            hint="the file is damaged; use another backup",
+            path=str(source),
+        )
+    detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return StorageIOError(
+        f"restore of {source} failed: {detail}; the previous state is intact",
+        event="restore.io_error",
+        hint="check free space and permissions in the data dir",
+        path=str(source),
+    )

@@ -1,0 +1,64 @@
+"""structlog set-up: one event per line on stderr, keyed by a stable ``event``.
+
+Modules log through ``log = structlog.get_logger()``; only entry points call
+:func:`configure`. Event names are a contract listed in docs/events.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Any
+
+import structlog
+
+LOG_FORMATS = ("logfmt", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+# Keys whose values must never reach a log line, whatever a caller passes.
+_SECRET_KEY = re.compile(r"(token|secret|password|passwd|private|credential|key_pem)", re.I)
+REDACTED = "[redacted]"
+
+
+def redact_secrets(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """Replace the value of any secret-looking key with a fixed marker."""
+    for key in event_dict:
+        if key != "event" and _SECRET_KEY.search(key):
+            event_dict[key] = REDACTED
+    return event_dict
+
+
+def _renderer(fmt: str, stream: Any) -> Any:
+    if fmt == "json":
+        return structlog.processors.JSONRenderer(sort_keys=False)
+    if fmt == "console":
+        return structlog.dev.ConsoleRenderer(colors=stream.isatty())
+    # logfmt: lines read ``level=error event=startup.store_in_use msg=...``,
+    # exactly as the spec prints them, so alerting can grep the prefix.
+    return structlog.processors.LogfmtRenderer(
+        key_order=["level", "event", "msg", "hint"], drop_missing=True, bool_as_flag=False
+    )
+
+
+def configure(fmt: str = "logfmt", level: str = "info", stream: Any = None) -> None:
+    """Route every structlog logger to ``stream`` (stderr) in ``fmt``."""
+    stream = stream or sys.stderr
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            redact_secrets,
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+            _renderer(fmt, stream),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )
+
+
+def is_configured() -> bool:
+    return structlog.is_configured()

@@ -1,0 +1,1 @@
+"""The state store: connections, migrations, the schema handshake, the lock."""

@@ -1,0 +1,50 @@
+"""apsw connections with the store's policy applied.
+
+One writer at a time, each write in ``BEGIN IMMEDIATE``; readers open
+read-only. apsw's ``with conn:`` is a transaction (savepoints when nested).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import apsw
+
+BUSY_TIMEOUT_MS = 5000
+
+
+def open_store(path: Path) -> apsw.Connection:
+    """Read-write connection to the live store: WAL, synchronous=NORMAL."""
+    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
+    _apply_common(conn)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+def open_readonly(path: Path) -> apsw.Connection:
+    """Read-only connection: never writes the file, never creates it."""
+    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    _apply_common(conn)
+    return conn
+
+
+def open_standalone(path: Path) -> apsw.Connection:
+    """Read-write connection to a single-file copy (a backup or a staged
+    restore), kept in rollback-journal mode so no -wal is ever needed."""
+    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE)
+    _apply_common(conn)
+    conn.execute("PRAGMA journal_mode=DELETE")
+    conn.execute("PRAGMA synchronous=FULL")
+    return conn
+
+
+def _apply_common(conn: apsw.Connection) -> None:
+    conn.setbusytimeout(BUSY_TIMEOUT_MS)
+    conn.execute("PRAGMA foreign_keys=ON")
+
+
+def close_quietly(conn: apsw.Connection | None) -> None:
+    """Close a connection; safe to call twice or on None."""
+    if conn is not None:
+        conn.close()

@@ -1,0 +1,71 @@
+"""Opening the live store in a data dir: guards, then the schema handshake.
+
+Callers hold the data dir's StoreLock first.
+"""
+
+from __future__ import annotations
+
+import os
+
+import apsw
+import structlog
+
+from portunus.datadir import DataDir
+from portunus.engine import durable
+from portunus.errors import NotAStateDatabase, StorageIOError
+from portunus.store import migrations
+from portunus.store.connection import close_quietly, open_store
+from portunus.store.sqlitefile import has_sqlite_header
+
+log = structlog.get_logger()
+
+
+def open_live_store(data_dir: DataDir) -> tuple[apsw.Connection, migrations.Handshake]:
+    """Open (creating if absent) and migrate ``state.db``; 7, 70 or 78 on refusal."""
+    state_db = data_dir.state_db
+    if os.path.lexists(state_db):
+        _require_state_file(data_dir)
+    else:
+        _drop_orphan_wal(data_dir)
+    conn = None
+    try:
+        conn = open_store(state_db)
+        return conn, migrations.handshake(conn, state_db, allow_empty=True)
+    except apsw.Error as exc:
+        close_quietly(conn)
+        raise StorageIOError(
+            f"cannot open {state_db}: {exc}",
+            event="startup.store_open_failed",
+            hint="check permissions and free space in the data dir",
+            path=str(state_db),
+        ) from exc
+    except BaseException:
+        close_quietly(conn)
+        raise
+
+
+def _require_state_file(data_dir: DataDir) -> None:
+    state_db = data_dir.state_db
+    try:
+        ok = not state_db.is_symlink() and state_db.is_file() and has_sqlite_header(state_db)
+    except OSError:
+        ok = False
+    if not ok:
+        raise NotAStateDatabase(
+            f"{state_db} is not a SQLite database (bad header, symlink or not a regular file)",
+            event="startup.not_sqlite",
+            hint="check --data-dir; restore a backup if state.db was damaged",
+            path=str(state_db),
+        )
+
+
+def _drop_orphan_wal(data_dir: DataDir) -> None:
+    # A WAL without its database would be replayed onto the new, empty store.
+    for orphan in (data_dir.wal, data_dir.shm):
+        if os.path.lexists(orphan):
+            log.warning(
+                "startup.orphan_wal_removed",
+                msg="removed a WAL left without state.db",
+                path=str(orphan),
+            )
+            durable.remove_if_present(orphan)

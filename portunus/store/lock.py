@@ -1,0 +1,97 @@
+"""The data dir's lock: an exclusive, non-blocking flock on state.db.lock.
+
+Whoever holds it owns the store's file set: a running server for its whole
+life, or a restore / reset / bootstrap-admin for theirs. ``backup`` never
+takes it: it only reads, through SQLite's own locking.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from portunus.errors import StorageIOError, StoreInUse
+
+
+class StoreLock:
+    """Context manager around the flock; ``release()`` is idempotent."""
+
+    def __init__(self, path: Path, purpose: str) -> None:
+        self.path = path
+        self.purpose = purpose
+        self._fd: int | None = None
+
+    def acquire(self) -> StoreLock:
+        fd = self._open()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid, purpose = _read_holder(fd)
+            os.close(fd)
+            raise StoreInUse(
+                f"the store in {self.path.parent} is in use by pid {pid} ({purpose})",
+                hint="stop the running server (systemctl stop portunus-server) and try again",
+                pid=pid,
+                holder=purpose,
+                lock=str(self.path),
+            ) from None
+        # Record who holds it, for the message a second process prints.
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {self.purpose}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def __enter__(self) -> StoreLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def _open(self) -> int:
+        try:
+            # O_NOFOLLOW: a planted symlink must not make us create or
+            # truncate a file elsewhere.
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StorageIOError(
+                f"cannot open the lock file {self.path}: {exc.strerror}",
+                event="startup.lock_failed",
+                hint="check that the data dir exists, is writable, and the lock is a plain file",
+                path=str(self.path),
+            ) from exc
+
+
+def _read_holder(fd: int) -> tuple[str, str]:
+    """(pid, purpose) as the holder recorded them; "unknown" in the instant
+    between its flock and its write."""
+    fields = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
+    pid = fields[0] if fields and fields[0].isdigit() else "unknown"
+    purpose = fields[1] if len(fields) > 1 else "unknown"
+    return pid, purpose
+
+
+def probe_holder(path: Path) -> tuple[str, str] | None:
+    """(pid, purpose) of the process holding the lock, or None when free.
+
+    Never creates the lock file, so dry runs and status stay read-only.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _read_holder(fd)
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)

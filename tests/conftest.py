@@ -1,0 +1,54 @@
+"""Fixtures: a private HOME, a data dir, a populated store, the CLI runner."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import structlog
+
+from portunus import log
+from portunus.datadir import DataDir
+from tests import support
+
+
+@pytest.fixture(autouse=True)
+def _quiet_logging():
+    """Engine calls made in-process log every level, into a buffer, not stderr."""
+    log.configure("json", "debug", stream=io.StringIO())
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    path = tmp_path / "home"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def env(home: Path) -> dict[str, str]:
+    return support.clean_env(home)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> DataDir:
+    return DataDir(tmp_path / "data")
+
+
+@pytest.fixture
+def store(data_dir: DataDir) -> DataDir:
+    """A data dir holding a real, populated Portunus store."""
+    return support.make_store(data_dir)
+
+
+@pytest.fixture
+def cli(env: dict[str, str]):
+    """Run ``portunus-server`` in a subprocess with a clean environment."""
+
+    def run(*args: str, **kwargs) -> support.Run:
+        return support.run_cli(*args, env=kwargs.pop("env", env), **kwargs)
+
+    return run

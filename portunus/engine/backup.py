@@ -105,7 +105,7 @@ def backup(
     try:
         copied = _copy(source, tmp, progress)
         copy_seconds = time.monotonic() - started
-        digest, size = _verify_and_hash(tmp, verify)
+        digest, size = _verify_and_hash(tmp, verify, source)
         verify_seconds = time.monotonic() - started - copy_seconds
         sidecar = _publish(tmp, final, digest if checksum else None)
     except BaseException as exc:
@@ -193,9 +193,8 @@ def _copy(source: Path, tmp: Path, progress: Progress | None) -> _Copy:
     src = dst = None
     try:
         src = open_readonly(source)
-        # Reads through mmap skip a syscall per page; SQLite maps only what
-        # the held snapshot covers, so a checkpoint cannot pull pages away.
-        src.execute("PRAGMA mmap_size=1073741824")
+        # No mmap: mapped pages count towards RSS, and memory must stay flat
+        # whatever the store's size.
         src.execute("BEGIN")
         version = migrations.stored_schema_version(src, source)
         migrations.refuse_if_too_new(version, source)
@@ -233,15 +232,45 @@ def _step_until_done(dst: apsw.Connection, src: apsw.Connection, progress: Progr
                 return step.page_count, restarts
 
 
-def _verify_and_hash(tmp: Path, level: str) -> tuple[str, int]:
-    """Integrity check and sha256 side by side: two cores, one pass each."""
-    with ThreadPoolExecutor(max_workers=2) as pool:
+def _verify_and_hash(tmp: Path, level: str, source: Path) -> tuple[str, int]:
+    """Integrity check and sha256 side by side: two cores, one pass each.
+
+    Meanwhile the source's WAL, grown while the snapshot was held, is
+    checkpointed here rather than by the server's next commit, which would
+    otherwise stall for the whole checkpoint.
+    """
+    with ThreadPoolExecutor(max_workers=3) as pool:
         checked = pool.submit(artefact.check_integrity, tmp, level, event="backup.verify_failed")
         hashed = pool.submit(sha256_file, tmp)
+        pool.submit(_checkpoint_source, source)
         checked.result()
         digest, size = hashed.result()
     durable.fsync_path(tmp)
     return digest, size
+
+
+def _checkpoint_source(source: Path) -> None:
+    """PASSIVE checkpoint of the live store: never blocks its writers, and a
+    writer's own auto-checkpoint skips while this one runs. Best effort: a
+    backup run by a user who may only read the store simply skips it."""
+    conn = None
+    try:
+        conn = apsw.Connection(str(source), flags=apsw.SQLITE_OPEN_READWRITE)
+        busy, wal_frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+        log.debug(
+            "backup.source_checkpointed",
+            msg="checkpointed the live store's WAL",
+            wal_frames=wal_frames,
+            checkpointed=done,
+        )
+    except apsw.Error as exc:
+        log.debug(
+            "backup.source_checkpoint_skipped",
+            msg="could not checkpoint the live store",
+            error=str(exc),
+        )
+    finally:
+        close_quietly(conn)
 
 
 def _publish(tmp: Path, final: Path, digest: str | None) -> Path | None:

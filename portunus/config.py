@@ -160,7 +160,7 @@ def load(path: Path | None, *, required: bool = False) -> Settings:
         return defaults()
     try:
         text = path.read_text("utf-8")
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         if required:
             raise _invalid(path, None, None, "the file does not exist") from None
         return defaults()

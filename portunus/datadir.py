@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from portunus.errors import RefusedByConfiguration, StorageIOError
+
 STATE_DB = "state.db"
 # SQLite's own sidecars plus our lock; reset and restore treat them as one unit.
 STATE_SIDECARS = ("state.db-wal", "state.db-shm", "state.db.lock")
@@ -43,7 +45,22 @@ class DataDir:
 
     def ensure(self) -> None:
         """Create the data dir (mode 0700) if it does not exist yet."""
-        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.path.exists() and not self.path.is_dir():
+            raise RefusedByConfiguration(
+                f"the data dir {self.path} exists but is not a directory",
+                event="startup.data_dir_not_directory",
+                hint="check --data-dir (or data_dir in server.toml)",
+                path=str(self.path),
+            )
+        try:
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageIOError(
+                f"cannot create the data dir {self.path}: {exc.strerror}",
+                event="startup.data_dir_create_failed",
+                hint="create it yourself with mode 0700, owned by the server's user",
+                path=str(self.path),
+            ) from exc
 
 
 def resolve_data_dir(

@@ -11,7 +11,7 @@ import apsw
 
 from portunus.errors import InputMissing, NotAStateDatabase, StorageIOError
 from portunus.store import migrations
-from portunus.store.connection import open_readonly
+from portunus.store.connection import open_artefact
 from portunus.store.sqlitefile import has_sqlite_header
 
 
@@ -58,7 +58,7 @@ def check_integrity(path: Path, level: str, event: str) -> None:
     quick|full; none skips); NotAStateDatabase on any finding."""
     if level == "none":
         return
-    conn = open_readonly(path)
+    conn = open_artefact(path)
     try:
         check_connection_integrity(conn, path, level, event)
     finally:

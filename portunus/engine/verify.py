@@ -12,7 +12,7 @@ from portunus.engine import artefact
 from portunus.engine.checksum import read_sidecar, sha256_file
 from portunus.errors import NotAStateDatabase
 from portunus.store import migrations
-from portunus.store.connection import open_readonly
+from portunus.store.connection import open_artefact
 
 log = structlog.get_logger()
 
@@ -86,7 +86,7 @@ def verify(path: Path) -> VerifyResult:
 
 def _inspect(path: Path) -> tuple[int, dict[str, int]]:
     try:
-        conn = open_readonly(path)
+        conn = open_artefact(path)
     except apsw.Error as exc:
         raise NotAStateDatabase(
             f"{path} cannot be opened: {exc}",

@@ -7,6 +7,7 @@ read-only. apsw's ``with conn:`` is a transaction (savepoints when nested).
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote
 
 import apsw
 
@@ -25,6 +26,23 @@ def open_store(path: Path) -> apsw.Connection:
 def open_readonly(path: Path) -> apsw.Connection:
     """Read-only connection: never writes the file, never creates it."""
     conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    _apply_common(conn)
+    return conn
+
+
+def open_artefact(path: Path) -> apsw.Connection:
+    """Read-only connection to a file that nothing else writes (a backup).
+
+    ``immutable=1`` keeps SQLite from creating -wal/-shm beside a WAL-format
+    copy, so inspecting a file leaves its directory exactly as it was. When a
+    non-empty -wal does sit beside it, the WAL is part of the content and the
+    ordinary read-only mode reads it.
+    """
+    wal = Path(f"{path}-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        return open_readonly(path)
+    uri = "file:" + quote(str(path.absolute())) + "?mode=ro&immutable=1"
+    conn = apsw.Connection(uri, flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
     _apply_common(conn)
     return conn
 

@@ -89,7 +89,7 @@ class PortunusProgram(Program):
         print("")
 
     def run(self, argv: list[str] | None = None, exit: bool = True) -> int:
-        log.configure()
+        log.configure(_log_format_asked(sys.argv[1:] if argv is None else argv))
         code = self._run_steps(argv)
         if exit:
             sys.exit(code)
@@ -106,7 +106,10 @@ class PortunusProgram(Program):
             self.execute()
         except ParseError as exc:
             logger.error(
-                "cli.usage_error", msg=str(exc), hint=f"run '{self.binary} --help' for usage"
+                "cli.usage_error",
+                msg=str(exc),
+                hint=f"run '{self.binary} --help' for usage",
+                exit_code=USAGE_EXIT,
             )
             return USAGE_EXIT
         except Exit as exc:
@@ -118,6 +121,21 @@ class PortunusProgram(Program):
         except KeyboardInterrupt:
             return 130
         return 0
+
+
+def _log_format_asked(argv: list[str]) -> str:
+    """The --log-format value, read ahead of invoke's parser so that a usage
+    error (even in the global flags) is logged in the format a JSON log
+    pipeline asked for. An invalid value is reported later, in logfmt."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--log-format="):
+            value = arg.partition("=")[2]
+        elif arg == "--log-format" and i + 1 < len(argv):
+            value = argv[i + 1]
+        else:
+            continue
+        return value if value in log.LOG_FORMATS else "logfmt"
+    return "logfmt"
 
 
 def _join_subcollection(argv: list[str], namespace: Any) -> list[str]:

@@ -35,7 +35,7 @@ from portunus.errors import (
 )
 from portunus.store import migrations
 from portunus.store.connection import close_quietly, open_readonly
-from portunus.store.sqlitefile import has_sqlite_header
+from portunus.store.sqlitefile import has_sqlite_header, is_regular_file
 
 log = structlog.get_logger()
 
@@ -43,6 +43,7 @@ BACKUP_PREFIX = "portunus-state-"
 TEMP_PREFIX = ".portunus-backup-"
 STEP_PAGES = 4096  # 16 MiB at 4 KiB pages: progress every fraction of a second
 VERIFY_LEVELS = ("none", "quick", "full")
+NAME_ATTEMPTS = 100  # fresh names tried when concurrent backups share a directory
 
 Progress = Callable[[int, int], None]
 
@@ -100,14 +101,14 @@ def backup(
     """Back the store in ``data_dir`` up to ``out`` (a new file, or a directory)."""
     started = time.monotonic()
     source = _checked_source(data_dir)
-    final = _destination(out)
+    final, named_here = _destination(out)
     tmp = _create_temp(final.parent)
     try:
         copied = _copy(source, tmp, progress)
         copy_seconds = time.monotonic() - started
         digest, size = _verify_and_hash(tmp, verify, source)
         verify_seconds = time.monotonic() - started - copy_seconds
-        sidecar = _publish(tmp, final, digest if checksum else None)
+        final, sidecar = _publish(tmp, final, digest if checksum else None, named_here)
     except BaseException as exc:
         durable.remove_if_present(*durable.sqlite_family(tmp))
         if isinstance(exc, apsw.Error | OSError):
@@ -139,7 +140,9 @@ def _checked_source(data_dir: DataDir) -> Path:
             path=str(source),
         )
     try:
-        ok = has_sqlite_header(source)
+        # A directory (or device) named state.db is as wrong as a bad header:
+        # 7, not an I/O error.
+        ok = is_regular_file(source) and has_sqlite_header(source)
     except OSError as exc:
         if artefact.is_symlink_loop(exc):
             ok = False
@@ -155,7 +158,8 @@ def _checked_source(data_dir: DataDir) -> Path:
     return source
 
 
-def _destination(out: Path) -> Path:
+def _destination(out: Path) -> tuple[Path, bool]:
+    """The final path, and whether we picked its name inside a directory."""
     if out.is_dir():
         now = datetime.now(UTC)
         final = out / backup_name(now)
@@ -179,7 +183,7 @@ def _destination(out: Path) -> Path:
                 hint="pick a unique path (date-stamped is the convention) or a directory",
                 path=str(taken),
             )
-    return final
+    return final, out.is_dir()
 
 
 def _create_temp(directory: Path) -> Path:
@@ -221,9 +225,12 @@ def _step_until_done(dst: apsw.Connection, src: apsw.Connection, progress: Progr
         while True:
             done = step.step(STEP_PAGES)
             copied = step.page_count - step.remaining
-            if copied < copied_before:
-                # Cannot happen while the read transaction is held; counted
-                # so tests and benchmarks prove it.
+            if copied <= copied_before:
+                # A step that restarts copies from page 1 again, so it never
+                # gets past the previous one ("<" would miss the endless
+                # restarts, where every step ends at STEP_PAGES). Cannot happen
+                # while the read transaction is held; counted so tests and
+                # benchmarks prove it.
                 restarts += 1
             copied_before = copied
             if progress:
@@ -273,33 +280,51 @@ def _checkpoint_source(source: Path) -> None:
         close_quietly(conn)
 
 
-def _publish(tmp: Path, final: Path, digest: str | None) -> Path | None:
-    sidecar_tmp = None
+def _publish(
+    tmp: Path, final: Path, digest: str | None, named_here: bool
+) -> tuple[Path, Path | None]:
+    final = _link_under_free_name(tmp, final, named_here)
+    sidecar = None
     if digest is not None:
-        sidecar_tmp = durable.create_exclusive(final.parent, TEMP_PREFIX, ".tmp")
+        try:
+            sidecar = _publish_sidecar(digest, final)
+        except BaseException:
+            # All or nothing: a backup we published moments ago without its
+            # checksum is withdrawn rather than left half-done.
+            durable.remove_if_present(final)
+            raise
+    durable.fsync_dir(final.parent)
+    return final, sidecar
+
+
+def _link_under_free_name(tmp: Path, final: Path, named_here: bool) -> Path:
+    for attempt in range(NAME_ATTEMPTS):
+        try:
+            durable.publish_no_replace(tmp, final, event="backup.destination_exists")
+            return final
+        except WouldOverwrite:
+            if not named_here or attempt == NAME_ATTEMPTS - 1:
+                raise
+            # A concurrent backup into the same directory took the name since
+            # we chose it. The operator named only the directory, so a clash
+            # is ours to resolve: take a fresher (sub-second) name.
+            final = final.parent / backup_name(datetime.now(UTC), precise=True)
+    raise AssertionError("unreachable")
+
+
+def _publish_sidecar(digest: str, final: Path) -> Path:
+    sidecar_tmp = durable.create_exclusive(final.parent, TEMP_PREFIX, ".tmp")
+    try:
+        # Written only now that the final name is settled: the line names it.
         sidecar_tmp.write_text(sidecar_text(digest, final.name), "utf-8")
         durable.fsync_path(sidecar_tmp)
-    try:
-        durable.publish_no_replace(tmp, final, event="backup.destination_exists")
-        if sidecar_tmp is not None:
-            _publish_sidecar(sidecar_tmp, final)
-    finally:
-        if sidecar_tmp is not None:
-            durable.remove_if_present(sidecar_tmp)
-    durable.fsync_dir(final.parent)
-    return sidecar_path(final) if digest is not None else None
-
-
-def _publish_sidecar(sidecar_tmp: Path, final: Path) -> None:
-    try:
         durable.publish_no_replace(
             sidecar_tmp, sidecar_path(final), event="backup.destination_exists"
         )
-    except BaseException:
-        # All or nothing: a backup we published moments ago without its
-        # checksum is withdrawn rather than left half-done.
-        durable.remove_if_present(final)
-        raise
+    finally:
+        # Also on a full disk mid-write: no temp file is ever left behind.
+        durable.remove_if_present(sidecar_tmp)
+    return sidecar_path(final)
 
 
 def _io_error(exc: BaseException, path: Path) -> PortunusError:

@@ -7,6 +7,7 @@ already been turned into its exit code by portunus.tasks.
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any
 
@@ -107,7 +108,7 @@ class PortunusProgram(Program):
         except ParseError as exc:
             logger.error(
                 "cli.usage_error",
-                msg=str(exc),
+                msg=_flag_names_as_typed(str(exc)),
                 hint=f"run '{self.binary} --help' for usage",
                 exit_code=USAGE_EXIT,
             )
@@ -136,6 +137,16 @@ def _log_format_asked(argv: list[str]) -> str:
             continue
         return value if value in log.LOG_FORMATS else "logfmt"
     return "logfmt"
+
+
+def _flag_names_as_typed(message: str) -> str:
+    """invoke names flags by their Python argument (``<Argument: in_ (i)>``);
+    say ``--in`` as the operator typed it."""
+    return re.sub(
+        r"<Argument: ([A-Za-z0-9_]+?)_?(?: \([^)]*\))?>",
+        lambda m: "--" + m[1].replace("_", "-"),
+        message,
+    )
 
 
 def _join_subcollection(argv: list[str], namespace: Any) -> list[str]:

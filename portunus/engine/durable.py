@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
 import secrets
 from pathlib import Path
@@ -43,11 +45,18 @@ def publish_no_replace(tmp: Path, final: Path, *, event: str) -> None:
     """Give the complete file ``tmp`` its final name, refusing to replace
     anything there, even one created a moment ago by a racing process.
 
-    link(2) fails with EEXIST instead of replacing, and the name appears
-    with the whole file behind it, never a partial one.
+    renameat2(RENAME_NOREPLACE) fails with EEXIST instead of replacing, and
+    the name appears with the whole file behind it, never a partial one.
+    Where the kernel or filesystem lacks it, link(2) + unlink(2) gives the
+    same guarantee (and vfat-like filesystems without hard links are rare
+    destinations that at least get an explicit error).
     """
     try:
-        os.link(tmp, final)
+        try:
+            _rename_noreplace(tmp, final)
+        except NotImplementedError:
+            os.link(tmp, final)
+            os.unlink(tmp)
     except FileExistsError:
         raise WouldOverwrite(
             f"{final} already exists; refusing to overwrite it",
@@ -55,7 +64,23 @@ def publish_no_replace(tmp: Path, final: Path, *, event: str) -> None:
             hint="pick a unique path (date-stamped is the convention)",
             path=str(final),
         ) from None
-    os.unlink(tmp)
+
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _rename_noreplace(src: Path, dst: Path) -> None:
+    renameat2 = getattr(_libc, "renameat2", None)
+    if renameat2 is None:
+        raise NotImplementedError("libc has no renameat2")
+    rc = renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
+    if rc != 0:
+        err = ctypes.get_errno()
+        if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise NotImplementedError(os.strerror(err))
+        raise OSError(err, os.strerror(err), str(dst))
 
 
 def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:

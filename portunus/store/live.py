@@ -6,6 +6,7 @@ Callers hold the data dir's StoreLock first.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import apsw
 import structlog
@@ -27,6 +28,7 @@ def open_live_store(data_dir: DataDir) -> tuple[apsw.Connection, migrations.Hand
         _require_state_file(data_dir)
     else:
         _drop_orphan_wal(data_dir)
+        _create_private(state_db)
     conn = None
     try:
         conn = open_store(state_db)
@@ -47,7 +49,12 @@ def open_live_store(data_dir: DataDir) -> tuple[apsw.Connection, migrations.Hand
 def _require_state_file(data_dir: DataDir) -> None:
     state_db = data_dir.state_db
     try:
-        ok = not state_db.is_symlink() and state_db.is_file() and has_sqlite_header(state_db)
+        ok = (
+            not state_db.is_symlink()
+            and state_db.is_file()
+            # Empty: created by _create_private, killed before SQLite wrote.
+            and (state_db.stat().st_size == 0 or has_sqlite_header(state_db))
+        )
     except OSError:
         ok = False
     if not ok:
@@ -57,6 +64,15 @@ def _require_state_file(data_dir: DataDir) -> None:
             hint="check --data-dir; restore a backup if state.db was damaged",
             path=str(state_db),
         )
+
+
+def _create_private(state_db: Path) -> None:
+    """Create state.db 0600 before SQLite opens it: SQLite would use the
+    umask (0644), and gives its -wal and -shm the database file's mode."""
+    try:
+        os.close(os.open(state_db, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    except FileExistsError:
+        pass
 
 
 def _drop_orphan_wal(data_dir: DataDir) -> None:

@@ -18,7 +18,7 @@ from invoke.parser import Argument
 
 from portunus import __version__, log
 from portunus.errors import EXIT_CODES
-from portunus.tasks import collection
+from portunus.tasks import collection, silence_stdout
 
 logger = structlog.get_logger()
 
@@ -53,6 +53,13 @@ class PortunusProgram(Program):
 
     def parse_tasks(self) -> None:
         self.core.unparsed = _join_subcollection(self.core.unparsed, self.collection)
+        name = _help_asked_after_subcommand(self.core.unparsed, self.collection)
+        if name:
+            # ``verify --help``: a positional argument would swallow the flag.
+            self.args.help.set_value(name)
+            self.parser = self._make_parser()
+            self.tasks = []
+            return
         super().parse_tasks()
 
     def parse_cleanup(self) -> None:
@@ -121,6 +128,8 @@ class PortunusProgram(Program):
             return exc.result.exited
         except KeyboardInterrupt:
             return 130
+        except BrokenPipeError:
+            silence_stdout()
         return 0
 
 
@@ -147,6 +156,12 @@ def _flag_names_as_typed(message: str) -> str:
         lambda m: "--" + m[1].replace("_", "-"),
         message,
     )
+
+
+def _help_asked_after_subcommand(argv: list[str], namespace: Any) -> str | None:
+    if argv and argv[0] in namespace.task_names and {"--help", "-h"} & set(argv[1:]):
+        return argv[0]
+    return None
 
 
 def _join_subcollection(argv: list[str], namespace: Any) -> list[str]:

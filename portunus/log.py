@@ -41,6 +41,12 @@ def _renderer(fmt: str, stream: Any) -> Any:
     )
 
 
+def _exception_formatting(fmt: str) -> list[Any]:
+    # ``exc_info=True`` becomes an ``exception`` field holding the traceback
+    # (newlines escaped by logfmt); the console renderer prints it itself.
+    return [] if fmt == "console" else [structlog.processors.format_exc_info]
+
+
 def configure(fmt: str = "logfmt", level: str = "info", stream: Any = None) -> None:
     """Route every structlog logger to ``stream`` (stderr) in ``fmt``."""
     stream = stream or sys.stderr
@@ -50,6 +56,7 @@ def configure(fmt: str = "logfmt", level: str = "info", stream: Any = None) -> N
             structlog.processors.add_log_level,
             redact_secrets,
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+            *_exception_formatting(fmt),
             _renderer(fmt, stream),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

@@ -88,6 +88,7 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
     tmp = create_exclusive(path.parent, f".{path.name}.", ".tmp", mode)
     try:
         with open(tmp, "wb") as f:
+            os.fchmod(f.fileno(), mode)  # the umask already cut O_CREAT's mode
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+import structlog
 
 from portunus.errors import RefusedByConfiguration, StorageIOError
 
@@ -85,3 +90,183 @@ def resolve_data_dir(
 
 def _absolute(path: str | os.PathLike[str]) -> Path:
     return Path(os.path.abspath(os.path.expanduser(path)))
+
+
+# --- Filesystem probe -------------------------------------------------------
+log = structlog.get_logger()
+
+# SQLite's locking and its WAL shared memory need a local filesystem; a
+# volatile one loses the state at reboot. Magic numbers from linux/magic.h.
+_UNSUPPORTED_MAGIC = {
+    0x6969: "nfs",
+    0x517B: "smb",
+    0xFF534D42: "cifs",
+    0xFE534D42: "smb2",
+    0x564C: "ncpfs",
+    0x73757245: "coda",
+    0x5346414F: "afs",
+    0x6B414653: "afs",
+    0x00C36400: "ceph",
+    0x01021997: "9p",
+    0x0BD00BD0: "lustre",
+    0x47504653: "gpfs",
+    0x20030528: "orangefs",
+    0x01021994: "tmpfs",
+    0x858458F6: "ramfs",
+}
+_LOCAL_MAGIC = {
+    0xEF53: "ext4",
+    0x58465342: "xfs",
+    0x9123683E: "btrfs",
+    0x2FC12FC1: "zfs",
+    0xF2F52010: "f2fs",
+    0xCA451A4E: "bcachefs",
+    0x3153464A: "jfs",
+    0x52654973: "reiserfs",
+    0x3434: "nilfs2",
+}
+_FUSE_MAGIC = 0x65735546
+# Names as /proc/self/mountinfo spells them, for what the magic cannot tell
+# apart (FUSE subtypes) or does not list.
+_UNSUPPORTED_NAMES = {
+    *_UNSUPPORTED_MAGIC.values(),
+    "nfs4",
+    "smb3",
+    "smbfs",
+    "glusterfs",
+    "beegfs",
+    "ocfs2",
+    "gfs2",
+    "fuse.sshfs",
+    "fuse.glusterfs",
+    "fuse.ceph-fuse",
+    "fuse.s3fs",
+    "fuse.rclone",
+    "fuse.gcsfuse",
+    "fuse.goofys",
+    "fuse.juicefs",
+    "fuse.smbnetfs",
+    "fuse.curlftpfs",
+    "fuse.davfs",
+    "fuse.blobfuse",
+    "fuse.blobfuse2",
+}
+_LOCAL_NAMES = {*_LOCAL_MAGIC.values(), "ext2", "ext3"}
+
+
+@dataclass(frozen=True)
+class FilesystemProbe:
+    """What holds a path: the filesystem's name and whether the store may live there."""
+
+    path: Path  # the nearest existing ancestor actually probed
+    name: str
+    verdict: str  # "local", "unsupported" or "unknown"
+
+
+def filesystem_type(path: str | os.PathLike[str]) -> str:
+    """Name of the filesystem holding ``path`` (``ext4``, ``tmpfs``, ``nfs4``,
+    ``fuse.sshfs``...); ``unknown`` when it cannot be told. A path that does
+    not exist yet is answered for its nearest existing ancestor."""
+    return probe_filesystem(path).name
+
+
+def check_supported_filesystem(path: str | os.PathLike[str]) -> FilesystemProbe:
+    """Refuse (78, ``startup.unsupported_filesystem``) a network or volatile
+    filesystem; warn (``startup.filesystem_unknown``) about one we cannot
+    classify. Creates nothing."""
+    probe = probe_filesystem(path)
+    if probe.verdict == "unsupported":
+        raise RefusedByConfiguration(
+            f"the data dir {path} is on {probe.name}, which cannot hold the store "
+            "(network filesystems break SQLite's locking; volatile ones lose it at reboot)",
+            event="startup.unsupported_filesystem",
+            hint="use a local writable filesystem (ext4, xfs, btrfs, zfs) for --data-dir",
+            path=str(path),
+            filesystem=probe.name,
+            probed=str(probe.path),
+        )
+    if probe.verdict == "unknown":
+        log.warning(
+            "startup.filesystem_unknown",
+            msg=f"the data dir is on {probe.name}, a filesystem not known to be local; "
+            "starting anyway",
+            hint="make sure it is a local disk (overlay in a container is fine "
+            "when its upper layer is)",
+            path=str(path),
+            filesystem=probe.name,
+        )
+    return probe
+
+
+def probe_filesystem(path: str | os.PathLike[str]) -> FilesystemProbe:
+    probed = _nearest_existing(Path(os.path.abspath(path)))
+    magic = _statfs_magic(probed)
+    name = _mountinfo_name(probed) or _UNSUPPORTED_MAGIC.get(magic) or _LOCAL_MAGIC.get(magic)
+    name = name or ("unknown" if magic is None else f"unknown(0x{magic:x})")
+    return FilesystemProbe(probed, name, _verdict(magic, name))
+
+
+def _verdict(magic: int | None, name: str) -> str:
+    if magic in _UNSUPPORTED_MAGIC or name in _UNSUPPORTED_NAMES:
+        return "unsupported"
+    if magic == _FUSE_MAGIC:
+        return "unknown"  # a FUSE subtype we do not know: could be anything
+    if magic in _LOCAL_MAGIC or name in _LOCAL_NAMES:
+        return "local"
+    return "unknown"
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _statfs_magic(path: Path) -> int | None:
+    """``f_type`` from statfs(2): the first field of struct statfs on Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(512)  # struct statfs is 120 bytes on 64-bit
+    if libc.statfs(os.fsencode(path), buf) != 0:
+        return None
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+
+
+def _mountinfo_name(path: Path) -> str | None:
+    """The filesystem type /proc/self/mountinfo gives the mount holding
+    ``path``: matched by device number, else by the longest mount point."""
+    try:
+        text = Path("/proc/self/mountinfo").read_text("utf-8", "replace")
+        device = os.stat(path).st_dev
+    except OSError:
+        return None
+    mounts = [m for m in map(_parse_mountinfo_line, text.splitlines()) if m]
+    by_device = [m for m in mounts if m[0] == (os.major(device), os.minor(device))]
+    real = os.path.realpath(path)
+    candidates = by_device or [m for m in mounts if _is_under(real, m[1])]
+    if not candidates:
+        return None
+    # The longest mount point wins; among equals the last mounted (it shadows).
+    return max(reversed(candidates), key=lambda m: len(m[1]))[2]
+
+
+def _parse_mountinfo_line(line: str) -> tuple[tuple[int, int], str, str] | None:
+    """((major, minor), mount point, fstype) from one mountinfo line."""
+    head, sep, tail = line.partition(" - ")
+    fields = head.split()
+    if not sep or len(fields) < 5 or not tail.split():
+        return None
+    major, _, minor = fields[2].partition(":")
+    if not (major.isdigit() and minor.isdigit()):
+        return None
+    return (int(major), int(minor)), _unescape_octal(fields[4]), tail.split()[0]
+
+
+def _unescape_octal(field: str) -> str:
+    # mountinfo writes space, tab, newline and backslash as \ooo.
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
+
+
+def _is_under(path: str, mount_point: str) -> bool:
+    return path == mount_point or path.startswith(mount_point.rstrip("/") + "/")

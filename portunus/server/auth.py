@@ -1,0 +1,140 @@
+"""Bearer tokens: operators (admin writes, viewer reads) and clients.
+
+Only a token's sha256 is looked up, and neither the token nor its hash
+ever reaches a log line. Known tokens are cached in memory: the server is
+the only writer while it holds the lock, so every change that could make a
+cached entry stale goes through it and clears the cache.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn
+
+import structlog
+from sanic.request import Request
+
+from portunus.engine.tokens import OPERATOR_TOKEN_PREFIX, hash_token
+from portunus.server.errors import Forbidden, Unauthorized
+from portunus.server.model import clients, tokens
+from portunus.server.model.clients import CLIENT_TOKEN_PREFIX
+from portunus.server.model.principal import Principal
+
+log = structlog.get_logger()
+
+ADMIN, VIEWER, CLIENT = "admin", "viewer", "client"
+TOUCH_EVERY_SECS = 60.0
+CACHE_LIMIT = 10_000
+
+
+class TokenCache:
+    """hash → Principal for tokens seen recently; ``invalidate()`` on any
+    deletion. A generation counter keeps a lookup that raced with a
+    deletion from putting a stale entry back."""
+
+    def __init__(self) -> None:
+        self._known: dict[bytes, Principal] = {}
+        self._touched: dict[int, float] = {}
+        self.generation = 0
+
+    def get(self, token_hash: bytes) -> Principal | None:
+        return self._known.get(token_hash)
+
+    def put(self, token_hash: bytes, principal: Principal, generation: int) -> None:
+        if generation == self.generation:
+            if len(self._known) >= CACHE_LIMIT:
+                self._known.clear()
+            self._known[token_hash] = principal
+
+    def invalidate(self) -> None:
+        self.generation += 1
+        self._known.clear()
+
+    def due_for_touch(self, principal: Principal) -> bool:
+        now = time.monotonic()
+        if now - self._touched.get(principal.id, float("-inf")) < TOUCH_EVERY_SECS:
+            return False
+        self._touched[principal.id] = now
+        return True
+
+
+def requires(role: str) -> Callable:
+    """Decorate a handler: ``viewer`` (any operator token), ``admin``, or
+    ``client`` (a client's token); the caller lands on ``request.ctx.principal``."""
+
+    def decorate(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        @functools.wraps(handler)
+        async def guarded(request: Request, *args: Any, **kwargs: Any) -> Any:
+            principal = await authenticate(request, CLIENT if role == CLIENT else "operator")
+            if role == ADMIN and principal.role != ADMIN:
+                log.warning(
+                    "auth.forbidden",
+                    msg="a viewer token tried an admin-only request",
+                    name=principal.name,
+                    method=request.method,
+                    path=request.path,
+                )
+                raise Forbidden("this request needs an admin token; yours is a viewer token")
+            request.ctx.principal = principal
+            return await handler(request, *args, **kwargs)
+
+        return guarded
+
+    return decorate
+
+
+async def authenticate(request: Request, kind: str) -> Principal:
+    token = _bearer(request)
+    prefix = CLIENT_TOKEN_PREFIX if kind == CLIENT else OPERATOR_TOKEN_PREFIX
+    if not token.startswith(prefix):
+        _fail(request, "unknown_token")
+    app_ctx = request.app.ctx
+    cache: TokenCache = app_ctx.tokens
+    token_hash = hash_token(token)
+    principal = cache.get(token_hash)
+    if principal is None:
+        generation = cache.generation
+        lookup = clients.principal_for if kind == CLIENT else tokens.principal_for
+        principal = await app_ctx.store.read(lookup, token_hash)
+        if principal is None:
+            _fail(request, "unknown_token")
+        cache.put(token_hash, principal, generation)
+    if principal.kind == "operator" and cache.due_for_touch(principal):
+        _touch_in_background(app_ctx.store, principal.id)
+    return principal
+
+
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization")
+    if not header:
+        _fail(request, "missing_token")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        _fail(request, "malformed_header")
+    return token
+
+
+def _fail(request: Request, reason: str) -> NoReturn:
+    # Never the token: the reason, the route and the peer are enough to act on.
+    log.warning(
+        "auth.failure",
+        msg="request refused: missing or unknown bearer token",
+        reason=reason,
+        method=request.method,
+        path=request.path,
+        peer=request.ip,
+    )
+    raise Unauthorized(
+        "a valid bearer token is required",
+        hint="send 'Authorization: Bearer <token>'; bootstrap-admin prints the first one",
+    )
+
+
+def _touch_in_background(store: Any, token_id: int) -> None:
+    try:
+        store.writer.submit(tokens.touch, token_id)
+    except RuntimeError:
+        pass  # shutting down: the bookkeeping can wait for next time

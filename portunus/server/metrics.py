@@ -1,0 +1,166 @@
+"""``GET /metrics``: Prometheus text format, written by hand (no client
+library needed for a handful of series).
+
+Request counters and the latency histogram are kept in memory by the
+request hooks; store and backup facts are read from the filesystem at
+scrape time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import itertools
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from sanic import Blueprint, Sanic
+from sanic.request import Request
+from sanic.response import HTTPResponse, text
+
+from portunus import __version__
+from portunus.engine.backup import BACKUP_PREFIX
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+bp = Blueprint("metrics")
+
+
+class RequestMetrics:
+    """Counters by (route, method, status) and a latency histogram by route."""
+
+    def __init__(self) -> None:
+        self.requests: Counter[tuple[str, str, int]] = Counter()
+        self.buckets: dict[str, list[int]] = {}
+        self.sums: Counter[str] = Counter()
+        self.counts: Counter[str] = Counter()
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests[(route, method, status)] += 1
+        # Non-cumulative counts per bucket; render() sums them up.
+        counts = self.buckets.setdefault(route, [0] * (len(BUCKETS) + 1))
+        counts[bisect.bisect_left(BUCKETS, seconds)] += 1
+        self.sums[route] += seconds
+        self.counts[route] += 1
+
+    def render(self) -> list[str]:
+        lines = [
+            "# HELP portunus_http_requests_total HTTP requests by route, method and status.",
+            "# TYPE portunus_http_requests_total counter",
+        ]
+        for (route, method, status), n in sorted(self.requests.items()):
+            labels = f'route="{_escape(route)}",method="{method}",status="{status}"'
+            lines.append(f"portunus_http_requests_total{{{labels}}} {n}")
+        lines += [
+            "# HELP portunus_http_request_duration_seconds Time to handle a request, by route.",
+            "# TYPE portunus_http_request_duration_seconds histogram",
+        ]
+        for route in sorted(self.buckets):
+            label = f'route="{_escape(route)}"'
+            for bound, n in zip(BUCKETS, itertools.accumulate(self.buckets[route]), strict=False):
+                lines.append(
+                    f'portunus_http_request_duration_seconds_bucket{{{label},le="{bound}"}} {n}'
+                )
+            lines.append(
+                f'portunus_http_request_duration_seconds_bucket{{{label},le="+Inf"}} '
+                f"{self.counts[route]}"
+            )
+            lines.append(
+                f"portunus_http_request_duration_seconds_sum{{{label}}} {self.sums[route]}"
+            )
+            lines.append(
+                f"portunus_http_request_duration_seconds_count{{{label}}} {self.counts[route]}"
+            )
+        return lines
+
+
+@dataclass(frozen=True)
+class StoreFacts:
+    db_bytes: int
+    wal_bytes: int
+    schema_version: int
+    writes_committed: int
+    writes_rolled_back: int
+    write_queue: int
+    newest_backup_age: float | None
+
+
+def setup_metrics(app: Sanic) -> None:
+    app.ctx.metrics = RequestMetrics()
+    app.blueprint(bp)
+
+
+@bp.get("/metrics")
+async def metrics(request: Request) -> HTTPResponse:
+    ctx = request.app.ctx
+    backup_dir = ctx.settings.get("backup.dir")
+    # A directory scan: off the loop, as the backup dir may hold many files.
+    newest = await asyncio.get_running_loop().run_in_executor(None, newest_backup_age, backup_dir)
+    facts = StoreFacts(
+        _size(ctx.store.data_dir.state_db),
+        _size(ctx.store.data_dir.wal),
+        ctx.store.schema_version,
+        ctx.store.writer.committed,
+        ctx.store.writer.rolled_back,
+        ctx.store.writer.pending(),
+        newest,
+    )
+    body = "\n".join([*ctx.metrics.render(), *render_store(facts)]) + "\n"
+    return text(body, content_type=CONTENT_TYPE)
+
+
+def render_store(facts: StoreFacts) -> list[str]:
+    lines = [
+        *_gauge("portunus_build_info", "Version of this binary.", 1, f'version="{__version__}"'),
+        *_gauge("portunus_store_bytes", "Size of state.db.", facts.db_bytes),
+        *_gauge("portunus_store_wal_bytes", "Size of state.db-wal.", facts.wal_bytes),
+        *_gauge("portunus_schema_version", "Schema version of the store.", facts.schema_version),
+        *_gauge("portunus_writer_queue", "Writes waiting for the writer.", facts.write_queue),
+        "# HELP portunus_store_writes_total Write transactions by outcome.",
+        "# TYPE portunus_store_writes_total counter",
+        f'portunus_store_writes_total{{outcome="committed"}} {facts.writes_committed}',
+        f'portunus_store_writes_total{{outcome="rolled_back"}} {facts.writes_rolled_back}',
+    ]
+    if facts.newest_backup_age is not None:
+        lines += _gauge(
+            "portunus_backup_newest_age_seconds",
+            "Age of the newest backup in [backup].dir (absent when there is none).",
+            round(facts.newest_backup_age, 3),
+        )
+    return lines
+
+
+def newest_backup_age(backup_dir: str | None) -> float | None:
+    """Seconds since the newest ``portunus-state-*.db`` in ``backup_dir`` was written."""
+    if not backup_dir:
+        return None
+    newest = None
+    try:
+        with os.scandir(Path(backup_dir).expanduser()) as entries:
+            for entry in entries:
+                if entry.name.startswith(BACKUP_PREFIX) and entry.name.endswith(".db"):
+                    mtime = entry.stat(follow_symlinks=False).st_mtime
+                    newest = mtime if newest is None else max(newest, mtime)
+    except OSError:
+        return None
+    return None if newest is None else max(0.0, time.time() - newest)
+
+
+def _gauge(name: str, help_text: str, value: float, labels: str = "") -> list[str]:
+    sample = f"{name}{{{labels}}}" if labels else name
+    return [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{sample} {value}"]
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')

@@ -1,0 +1,208 @@
+"""Forwarding rules: a client's listen port (or range) on tcp or udp, and
+the 1-8 targets it forwards to."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import apsw
+
+from portunus.server.errors import Conflict, InvalidInput, NotFound
+from portunus.server.model import clients
+from portunus.store import audit
+
+# A rule with its targets in one statement (so one consistent read, one
+# trip into SQLite): the targets come back as a JSON array, in order.
+RULE_SELECT = """
+SELECT r.id, c.name, r.protocol, r.listen_start, r.listen_end, r.enabled,
+       r.created_at, r.updated_at,
+       (SELECT json_group_array(json_object('host', host, 'port', port, 'priority', priority)
+                                ORDER BY position)
+          FROM rule_targets WHERE rule_id = r.id)
+  FROM rules r JOIN clients c ON c.id = r.client_id
+"""
+
+
+@dataclass(frozen=True)
+class Target:
+    host: str
+    port: int
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """A rule as a client asks for it, already validated field by field."""
+
+    client: str
+    protocol: str
+    listen_start: int
+    listen_end: int
+    enabled: bool
+    targets: tuple[Target, ...]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "client": self.client,
+            "protocol": self.protocol,
+            "listen_start": self.listen_start,
+            "listen_end": self.listen_end,
+            "enabled": self.enabled,
+            "targets": [f"{t.host}:{t.port}" for t in self.targets],
+        }
+
+
+def create(conn: apsw.Connection, spec: RuleSpec, actor: str) -> dict[str, Any]:
+    client_id, client = _client(conn, spec.client)
+    _refuse_clash(conn, client_id, spec, exclude=None)
+    now = audit.now_rfc3339()
+    conn.execute(
+        "INSERT INTO rules (client_id, protocol, listen_start, listen_end, enabled, created_at,"
+        " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (client_id, spec.protocol, spec.listen_start, spec.listen_end, spec.enabled, now, now),
+    )
+    rule_id = conn.last_insert_rowid()
+    _insert_targets(conn, rule_id, spec.targets)
+    audit.record(conn, actor, "rule.create", f"rule:{rule_id}", **spec.summary())
+    # Built from what was just written rather than read back: one write is
+    # one short stay on the writer thread.
+    return _as_dict(rule_id, client, spec, now, now)
+
+
+def replace(conn: apsw.Connection, rule_id: int, spec: RuleSpec, actor: str) -> dict[str, Any]:
+    before = get(conn, rule_id)
+    client_id, client = _client(conn, spec.client)
+    _refuse_clash(conn, client_id, spec, exclude=rule_id)
+    now = audit.now_rfc3339()
+    conn.execute(
+        "UPDATE rules SET client_id=?, protocol=?, listen_start=?, listen_end=?, enabled=?,"
+        " updated_at=? WHERE id=?",
+        (client_id, spec.protocol, spec.listen_start, spec.listen_end, spec.enabled, now, rule_id),
+    )
+    conn.execute("DELETE FROM rule_targets WHERE rule_id=?", (rule_id,))
+    _insert_targets(conn, rule_id, spec.targets)
+    audit.record(
+        conn, actor, "rule.update", f"rule:{rule_id}", before=_summary(before), **spec.summary()
+    )
+    return _as_dict(rule_id, client, spec, before["created_at"], now)
+
+
+def delete(conn: apsw.Connection, rule_id: int, actor: str) -> None:
+    before = get(conn, rule_id)
+    conn.execute("DELETE FROM rules WHERE id=?", (rule_id,))
+    audit.record(conn, actor, "rule.delete", f"rule:{rule_id}", **_summary(before))
+
+
+def get(conn: apsw.Connection, rule_id: int) -> dict[str, Any]:
+    rows = conn.execute(f"{RULE_SELECT} WHERE r.id=?", (rule_id,)).fetchall()
+    if not rows:
+        raise NotFound(f"no rule with id {rule_id}", field="id")
+    return _rule(rows[0])
+
+
+def list_page(
+    conn: apsw.Connection,
+    *,
+    client: str | None,
+    protocol: str | None,
+    after: int | None,
+    limit: int,
+) -> tuple[list[dict[str, Any]], int | None]:
+    """Rules in id order, ``limit`` at a time; the cursor is the last id."""
+    where, params = ["r.id > ?"], [after or 0]
+    if client is not None:
+        where.append("r.client_id = ?")
+        params.append(_client(conn, client)[0])
+    if protocol is not None:
+        where.append("r.protocol = ?")
+        params.append(protocol)
+    rows = conn.execute(
+        f"{RULE_SELECT} WHERE {' AND '.join(where)} ORDER BY r.id LIMIT ?",
+        (*params, limit + 1),
+    ).fetchall()
+    more = len(rows) > limit
+    rules = [_rule(row) for row in rows[:limit]]
+    return rules, (rules[-1]["id"] if more else None)
+
+
+def enabled_for_client(conn: apsw.Connection, client_id: int) -> list[dict[str, Any]]:
+    """What an edge forwarder polls: its own enabled rules."""
+    rows = conn.execute(
+        f"{RULE_SELECT} WHERE r.client_id=? AND r.enabled=1 ORDER BY r.protocol, r.listen_start",
+        (client_id,),
+    ).fetchall()
+    return [_rule(row) for row in rows]
+
+
+def _client(conn: apsw.Connection, name: str) -> tuple[int, str]:
+    found = clients.find(conn, name)
+    if found is None:
+        raise InvalidInput(f"no client named {name!r}", field="client")
+    return found
+
+
+def _refuse_clash(
+    conn: apsw.Connection, client_id: int, spec: RuleSpec, exclude: int | None
+) -> None:
+    # The rules of one client and protocol never overlap (this check keeps it
+    # so), so only the one starting last at or below our end can overlap us:
+    # one index probe, however many rules the client has. Disabled rules
+    # count too: enabling one later must not create a clash.
+    rows = conn.execute(
+        "SELECT id, listen_start, listen_end FROM rules WHERE client_id=? AND protocol=?"
+        " AND listen_start <= ? AND id IS NOT ? ORDER BY listen_start DESC LIMIT 1",
+        (client_id, spec.protocol, spec.listen_end, exclude),
+    ).fetchall()
+    if rows and rows[0][2] >= spec.listen_start:
+        other, start, end = rows[0]
+        raise Conflict(
+            f"listen port {_ports(spec.listen_start, spec.listen_end)}/{spec.protocol} clashes "
+            f"with rule {other} ({_ports(start, end)}/{spec.protocol}) of client {spec.client!r}",
+            field="listen_start",
+            hint="pick free ports, or change or delete the other rule first",
+        )
+
+
+def _insert_targets(conn: apsw.Connection, rule_id: int, targets: tuple[Target, ...]) -> None:
+    conn.executemany(
+        "INSERT INTO rule_targets (rule_id, position, host, port, priority) VALUES (?, ?, ?, ?, ?)",
+        [(rule_id, i, t.host, t.port, t.priority) for i, t in enumerate(targets, start=1)],
+    )
+
+
+def _rule(row: tuple) -> dict[str, Any]:
+    rule_id, client, protocol, start, end, enabled, created, updated, targets = row
+    return {
+        "id": rule_id,
+        "client": client,
+        "protocol": protocol,
+        "listen_start": start,
+        "listen_end": end,
+        "enabled": bool(enabled),
+        "targets": json.loads(targets) if isinstance(targets, str) else targets,
+        "created_at": created,
+        "updated_at": updated,
+    }
+
+
+def _as_dict(
+    rule_id: int, client: str, spec: RuleSpec, created: str, updated: str
+) -> dict[str, Any]:
+    """The API's view of a rule, from what was just written."""
+    targets = [{"host": t.host, "port": t.port, "priority": t.priority} for t in spec.targets]
+    row = (rule_id, client, spec.protocol, spec.listen_start, spec.listen_end, spec.enabled)
+    return _rule((*row, created, updated, targets))
+
+
+def _summary(rule: dict[str, Any]) -> dict[str, Any]:
+    keys = ("client", "protocol", "listen_start", "listen_end", "enabled")
+    return {
+        **{k: rule[k] for k in keys},
+        "targets": [f"{t['host']}:{t['port']}" for t in rule["targets"]],
+    }
+
+
+def _ports(start: int, end: int) -> str:
+    return str(start) if start == end else f"{start}-{end}"

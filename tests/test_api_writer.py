@@ -1,0 +1,125 @@
+"""The server's store access: one serialized writer, read-only readers, and
+a close that leaves an empty WAL. In-process, on a real store."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import apsw
+import pytest
+
+from portunus.server.store import ServerStore, Writer
+from portunus.store import audit
+from portunus.store.live import open_live_store
+from tests.support import table_counts
+
+
+@pytest.fixture
+def server_store(store):
+    conn, handshake = open_live_store(store)
+    opened = ServerStore(store, conn, handshake.to_version)
+    opened.start()
+    yield opened
+    opened.close()
+
+
+def insert_client(conn: apsw.Connection, name: str) -> int:
+    conn.execute(
+        "INSERT INTO clients (name, token_hash, created_at) VALUES (?, randomblob(32), 'now')",
+        (name,),
+    )
+    audit.record(conn, "test", "client.create", f"client:{name}")
+    return conn.last_insert_rowid()
+
+
+def test_writes_run_one_at_a_time_on_one_thread_in_submission_order(server_store):
+    """Whatever thread submits, every write runs on the writer thread, serially."""
+    seen: list[tuple[str, int]] = []
+
+    def write(conn: apsw.Connection, n: int) -> int:
+        seen.append((threading.current_thread().name, n))
+        return insert_client(conn, f"c{n}")
+
+    futures = [server_store.writer.submit(write, n) for n in range(50)]
+    ids = [f.result() for f in futures]
+    assert [n for _, n in seen] == list(range(50))
+    assert {name for name, _ in seen} == {"portunus-writer"}
+    assert ids == sorted(ids)
+
+
+def test_a_failing_write_rolls_back_everything_it_did(server_store, store):
+    """The mutation and its audit row commit together or not at all."""
+    before = table_counts(store.state_db)
+
+    def half_then_fail(conn: apsw.Connection) -> None:
+        insert_client(conn, "doomed")
+        raise ValueError("refused after the insert")
+
+    with pytest.raises(ValueError):
+        server_store.writer.submit(half_then_fail).result()
+    assert server_store.writer.submit(lambda conn: None).result() is None
+    assert table_counts(store.state_db) == before
+    assert server_store.writer.rolled_back == 1
+
+
+def test_each_write_holds_the_write_lock_from_its_start(server_store, store):
+    """BEGIN IMMEDIATE: while a write runs, no other connection can start one."""
+
+    def probe(conn: apsw.Connection) -> bool:
+        other = apsw.Connection(str(store.state_db))
+        other.setbusytimeout(0)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+        except apsw.BusyError:
+            return conn.in_transaction
+        finally:
+            other.close()
+        return False
+
+    assert server_store.writer.submit(probe).result() is True
+
+
+def test_stop_finishes_the_queued_writes_then_refuses_new_ones(store):
+    """Nothing submitted before stop is lost; nothing after it is accepted."""
+    conn, _ = open_live_store(store)
+    writer = Writer(conn)
+    writer.start()
+    futures = [writer.submit(insert_client, f"q{n}") for n in range(20)]
+    writer.stop()
+    assert all(f.done() and f.exception() is None for f in futures)
+    with pytest.raises(RuntimeError):
+        writer.submit(insert_client, "late")
+    conn.close()
+
+
+def test_readers_are_read_only(server_store):
+    """A read can never write, whatever the function tries."""
+    with pytest.raises(apsw.ReadOnlyError):
+        server_store.readers.submit(insert_client, "sneaky").result()
+
+
+def test_async_reads_and_writes_do_not_block_the_loop(server_store):
+    """The awaitable forms used by the handlers, many at once."""
+
+    async def main() -> tuple[list[int], int]:
+        ids = await asyncio.gather(*(server_store.write(insert_client, f"a{n}") for n in range(20)))
+        count = await server_store.read(
+            lambda conn: conn.execute("SELECT count(*) FROM clients").fetchall()[0][0]
+        )
+        return list(ids), count
+
+    ids, count = asyncio.run(main())
+    assert len(set(ids)) == 20
+    assert count >= 20
+
+
+def test_close_checkpoints_and_truncates_the_wal_and_is_idempotent(server_store, store):
+    """After close the WAL is empty (or gone); a second close is a no-op."""
+    for n in range(30):
+        server_store.writer.submit(insert_client, f"w{n}").result()
+    assert store.wal.stat().st_size > 0
+    server_store.close()
+    server_store.close()
+    assert not store.wal.exists() or store.wal.stat().st_size == 0
+    assert table_counts(store.state_db)["clients"] >= 30

@@ -1,0 +1,126 @@
+"""The data dir's filesystem probe: statfs magic plus /proc/self/mountinfo."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from portunus.datadir import (
+    _parse_mountinfo_line,
+    _verdict,
+    check_supported_filesystem,
+    filesystem_type,
+    probe_filesystem,
+)
+from portunus.errors import RefusedByConfiguration
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path):
+    """A small, real tmpfs (we run as root); skipped where mounting is denied."""
+    mount_point = tmp_path / "tmpfs"
+    mount_point.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_a_mounted_tmpfs_is_named_and_refused_with_78(tmpfs):
+    """The real thing: statfs says tmpfs, the check refuses it."""
+    assert filesystem_type(tmpfs) == "tmpfs"
+    with pytest.raises(RefusedByConfiguration) as refused:
+        check_supported_filesystem(tmpfs / "data")
+    error = refused.value
+    assert error.exit_code == 78
+    assert error.event == "startup.unsupported_filesystem"
+    assert error.fields["filesystem"] == "tmpfs"
+    assert error.fields["path"] == str(tmpfs / "data")
+    assert "tmpfs" in error.message and str(tmpfs / "data") in error.message
+
+
+def test_a_missing_path_is_answered_for_its_nearest_existing_ancestor(tmpfs):
+    """Nothing has to exist (or be created) for the probe to answer."""
+    deep = tmpfs / "a" / "b" / "c"
+    probe = probe_filesystem(deep)
+    assert probe.path == tmpfs
+    assert probe.name == "tmpfs"
+    assert not (tmpfs / "a").exists()
+
+
+def test_the_filesystem_under_the_repository_is_named(tmp_path):
+    """Whatever this machine uses, the probe gives it a name, never a crash."""
+    name = filesystem_type(Path(__file__).parent)
+    assert name and name != "unknown"
+
+
+def test_a_local_filesystem_passes_silently(tmp_path):
+    """ext4, xfs, btrfs...: no refusal, no warning."""
+    probe = probe_filesystem(tmp_path)
+    if probe.verdict != "local":
+        pytest.skip(f"{tmp_path} is on {probe.name}, not a known local filesystem")
+    with capture_logs() as logs:
+        check_supported_filesystem(tmp_path)
+    assert logs == []
+
+
+@pytest.mark.parametrize(
+    ("magic", "name", "verdict"),
+    [
+        (0x6969, "nfs4", "unsupported"),
+        (0xFF534D42, "cifs", "unsupported"),
+        (0xFE534D42, "smb3", "unsupported"),
+        (0x01021994, "tmpfs", "unsupported"),
+        (0x858458F6, "ramfs", "unsupported"),
+        (0x65735546, "fuse.sshfs", "unsupported"),
+        (0x65735546, "fuse.glusterfs", "unsupported"),
+        (0x00C36400, "ceph", "unsupported"),
+        (0x01021997, "9p", "unsupported"),
+        (0x65735546, "fuse.mystery", "unknown"),
+        (0x794C7630, "overlay", "unknown"),
+        (0xEF53, "ext4", "local"),
+        (0x58465342, "xfs", "local"),
+        (0x9123683E, "btrfs", "local"),
+        (0x2FC12FC1, "zfs", "local"),
+        (None, "unknown", "unknown"),
+    ],
+)
+def test_filesystems_are_classified(magic, name, verdict):
+    """Network and volatile refused, known local accepted, the rest warned about."""
+    assert _verdict(magic, name) == verdict
+
+
+def test_an_unknown_filesystem_starts_with_a_warning(tmp_path):
+    """overlay (a container's root) is not refused, but it is said: a real
+    overlay mount, skipped where mounting is denied."""
+    layers = {name: tmp_path / name for name in ("lower", "upper", "work", "merged")}
+    for path in layers.values():
+        path.mkdir()
+    options = f"lowerdir={layers['lower']},upperdir={layers['upper']},workdir={layers['work']}"
+    done = subprocess.run(
+        ["mount", "-t", "overlay", "overlay", "-o", options, str(layers["merged"])],
+        capture_output=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount an overlay here: {done.stderr.decode().strip()}")
+    try:
+        with capture_logs() as logs:
+            probe = check_supported_filesystem(layers["merged"] / "data")
+    finally:
+        subprocess.run(["umount", "-l", str(layers["merged"])], check=False)
+    assert (probe.name, probe.verdict) == ("overlay", "unknown")
+    assert [e["event"] for e in logs] == ["startup.filesystem_unknown"]
+    assert logs[0]["filesystem"] == "overlay"
+
+
+def test_mountinfo_lines_are_parsed_with_escapes_and_optional_fields():
+    """Mount points with spaces come as \\040; optional fields precede ' - '."""
+    line = "36 35 98:0 / /mnt/with\\040space rw,noatime master:1 shared:2 - nfs4 srv:/x rw"
+    assert _parse_mountinfo_line(line) == ((98, 0), "/mnt/with space", "nfs4")
+    assert _parse_mountinfo_line("garbage") is None

@@ -30,16 +30,33 @@ def lint(c):
 
 @task(
     help={
-        "size_mib": "size of the generated store (default 1024)",
+        "size_mib": "size of the generated store (default 1024; --quick: 64)",
         "workdir": "where to build stores (default bench/work; needs ~4x size free)",
-        "quick": "small store and short runs, to check the harness itself",
+        "quick": "small store, one run, short caps: checks the harness in about a minute",
+        "repeat": "runs of each approach (default 3; --quick: 1)",
+        "cap": "seconds before a backup under load counts as 'did not finish' (default 60)",
+        "api": "instead: the HTTPS API under wrk (writes/s, reads/s, p50/p99) beside a "
+        "sanic hello-world, and writes/s during online backups (needs wrk)",
     }
 )
-def bench(c, size_mib=1024, workdir="bench/work", quick=False):
+def bench(c, size_mib=None, workdir="bench/work", quick=False, repeat=None, cap=None, api=False):
     """Development: backup/restore benchmarks side by side with cp, sqlite3 .backup,
     VACUUM INTO; prints a table (see docs/performance.md)."""
-    flags = f"--size-mib {size_mib} --workdir {workdir}" + (" --quick" if quick else "")
-    c.run(f"{sys.executable} -m bench.backup_bench {flags}", pty=False)
+    if api:
+        size = f" --size-mib {size_mib}" if size_mib else ""
+        quick_api = " --quick" if quick else ""
+        c.run(
+            f"{sys.executable} -m bench.api_bench --workdir {workdir}{size}{quick_api}", pty=False
+        )
+        return
+    flags = [f"--workdir {workdir}"] + (["--quick"] if quick else [])
+    for flag, value in (("--size-mib", size_mib), ("--repeat", repeat), ("--cap", cap)):
+        if value is not None:
+            flags.append(f"{flag} {value}")
+    c.run(f"{sys.executable} -m bench.backup_bench {' '.join(flags)}", pty=False)
+    # Retention and config: prune plan over 10,000 backups, config show start-up.
+    quick_flag = " --quick" if quick else ""
+    c.run(f"{sys.executable} -m bench.prune_bench --workdir {workdir}{quick_flag}", pty=False)
 
 
 ns = collection()

@@ -1,24 +1,35 @@
-"""``server.toml``: one schema in code, read with tomlkit.
+"""``server.toml``: one schema in code, read and edited with tomlkit.
 
 Every key is optional with a built-in default. Unknown keys, wrong types,
 out-of-range values and TOML syntax errors are refused (exit 78,
 ``startup.config_invalid``) naming the file, the line and the key.
+``config set`` edits the file through tomlkit, so the operator's comments
+and layout survive, and writes it only once the result validates.
 """
 
 from __future__ import annotations
 
+import difflib
+import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any
 
+import structlog
 import tomlkit
-from tomlkit.exceptions import ParseError as TomlParseError
+from tomlkit.exceptions import TOMLKitError
+from tomlkit.items import InlineTable
 
-from portunus.errors import RefusedByConfiguration
+from portunus.engine.durable import write_atomically
+from portunus.engine.retention import parse_duration
+from portunus.errors import RefusedByConfiguration, StorageIOError
 
-DURATION = re.compile(r"^(\d+)([smhdwy])$")
+log = structlog.get_logger()
+
+Check = Callable[[Any], str | None]  # returns a complaint, or None when fine
 
 
 @dataclass(frozen=True)
@@ -27,107 +38,123 @@ class Key:
 
     table: str  # "" for the top level
     name: str
-    kind: type | tuple[type, ...]
+    kind: type
     default: Any
     doc: str
-    check: Callable[[Any], str | None] | None = None  # returns a complaint
+    check: Check | None = None
+    allowed: str = ""  # the accepted range, in words, for docs and messages
 
     @property
     def dotted(self) -> str:
         return f"{self.table}.{self.name}" if self.table else self.name
 
 
-def _one_of(*choices: str) -> Callable[[Any], str | None]:
+def _one_of(*choices: str) -> Check:
     return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
 
 
-def _at_least(low: int) -> Callable[[Any], str | None]:
-    return lambda v: None if v >= low else f"must be >= {low}"
+def _between(low: int, high: int) -> Check:
+    return lambda v: None if low <= v <= high else f"must be between {low} and {high}"
 
 
-def _duration(value: Any) -> str | None:
-    return None if DURATION.match(value) else "must be a duration like '30d', '12h', '90m'"
+def _absolute_path(value: str) -> str | None:
+    if not value.startswith(("/", "~")):
+        return "must be an absolute path (or start with ~)"
+    return None
 
 
-def _scope(value: Any) -> str | None:
+def _prom_file(value: str) -> str | None:
+    if not value.endswith(".prom"):
+        return "must end in .prom (node_exporter's textfile collector reads only *.prom)"
+    return _absolute_path(value)
+
+
+def _duration(value: str) -> str | None:
+    try:
+        length = parse_duration(value)
+    except ValueError:
+        return "must be a duration like '30d', '12h', '1w3d' (units s, m, h, d, w, y)"
+    return None if length.total_seconds() > 0 else "must be longer than zero"
+
+
+def _scope(value: list[Any]) -> str | None:
+    if not all(isinstance(v, str) for v in value):
+        return "must be an array of strings"
     bad = [v for v in value if v not in ("state", "tls", "legacy")]
     return f"unknown scope {bad}; allowed: state, tls, legacy" if bad else None
 
 
-def _listen(value: Any) -> str | None:
+def _listen(value: str) -> str | None:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        return "must be HOST:PORT, e.g. 127.0.0.1:7443"
+        return "must be HOST:PORT, e.g. 127.0.0.1:7443 or [::1]:7443"
     return None
 
 
-SCHEMA: tuple[Key, ...] = (
-    Key("", "data_dir", str, None, "data dir holding state.db (see resolution order)"),
-    Key("", "listen", str, "127.0.0.1:7443", "HOST:PORT the HTTPS API listens on", _listen),
-    Key("", "tls", bool, True, "serve HTTPS (false only behind a TLS-terminating proxy)"),
-    Key("", "tls_cert_path", str, None, "certificate path (default <data-dir>/server.crt)"),
-    Key("", "tls_key_path", str, None, "private key path (default <data-dir>/server.key)"),
-    Key(
-        "",
-        "log_format",
-        str,
-        "logfmt",
-        "logfmt, json or console",
-        _one_of("logfmt", "json", "console"),
-    ),
-    Key(
-        "",
-        "log_level",
-        str,
-        "info",
-        "debug, info, warning or error",
-        _one_of("debug", "info", "warning", "error"),
-    ),
-    Key(
-        "",
-        "shutdown_drain_timeout_secs",
-        int,
-        10,
-        "seconds to finish in-flight requests",
-        _at_least(0),
-    ),
-    Key("backup", "dir", str, None, "directory backups go to when --out is not given"),
-    Key(
-        "backup",
-        "verify",
-        str,
-        "quick",
-        "none, quick (quick_check) or full (integrity_check)",
-        _one_of("none", "quick", "full"),
-    ),
-    Key("backup", "checksum", bool, True, "write a <name>.sha256 sidecar"),
-    Key("backup", "metrics_textfile", str, None, "node_exporter textfile to update"),
-    Key("retention", "keep_last", int, 0, "keep the N newest backups", _at_least(0)),
-    Key("retention", "keep_hourly", int, 0, "newest per hour, N hours", _at_least(0)),
-    Key("retention", "keep_daily", int, 0, "newest per day, N days", _at_least(0)),
-    Key("retention", "keep_weekly", int, 0, "newest per ISO week, N weeks", _at_least(0)),
-    Key("retention", "keep_monthly", int, 0, "newest per month, N months", _at_least(0)),
-    Key("retention", "keep_yearly", int, 0, "newest per year, N years", _at_least(0)),
-    Key(
-        "retention",
-        "keep_within",
-        str,
-        None,
-        "keep all within this duration of the newest",
-        _duration,
-    ),
-    Key(
-        "reset",
-        "scope",
-        list,
-        ["state"],
-        "what reset --confirm removes: state, tls, legacy",
-        _scope,
-    ),
-    Key("audit", "retain_days", int, 365, "audit rows older than this are pruned", _at_least(1)),
-)
+KEEP = 1_000_000  # far more periods than anyone keeps; catches a typo'd huge number
+_PATH = "absolute path"
 
+SCHEMA: tuple[Key, ...] = (
+    Key("", "data_dir", str, None, "data dir holding state.db (see the resolution order)",
+        _absolute_path, _PATH),
+    Key("", "listen", str, "127.0.0.1:7443", "HOST:PORT the HTTPS API listens on", _listen,
+        "HOST:PORT, port 1-65535"),
+    Key("", "tls", bool, True, "serve HTTPS (false only behind a TLS-terminating proxy)"),
+    Key("", "tls_cert_path", str, None, "certificate (default <data-dir>/server.crt)",
+        _absolute_path, _PATH),
+    Key("", "tls_key_path", str, None, "private key, mode 0600 (default <data-dir>/server.key)",
+        _absolute_path, _PATH),
+    Key("", "log_format", str, "logfmt", "log line format", _one_of("logfmt", "json", "console"),
+        "logfmt, json, console"),
+    Key("", "log_level", str, "info", "lowest level logged",
+        _one_of("debug", "info", "warning", "error"), "debug, info, warning, error"),
+    Key("", "shutdown_drain_timeout_secs", int, 10, "seconds to finish in-flight requests",
+        _between(0, 3600), "0-3600"),
+    Key("backup", "dir", str, None, "where backups go when --out is not given", _absolute_path,
+        _PATH),
+    Key("backup", "verify", str, "quick", "check of each new backup: none, quick "
+        "(quick_check) or full (integrity_check)", _one_of("none", "quick", "full"),
+        "none, quick, full"),
+    Key("backup", "checksum", bool, True, "write a <name>.sha256 sidecar"),
+    Key("backup", "metrics_textfile", str, None, "node_exporter textfile updated by backup "
+        "and prune", _prom_file, "absolute path ending in .prom"),
+    Key("retention", "keep_last", int, 0, "keep the N newest backups", _between(0, KEEP),
+        f"0-{KEEP}"),
+    Key("retention", "keep_hourly", int, 0, "newest per hour, for the N newest hours",
+        _between(0, KEEP), f"0-{KEEP}"),
+    Key("retention", "keep_daily", int, 0, "newest per day, for the N newest days",
+        _between(0, KEEP), f"0-{KEEP}"),
+    Key("retention", "keep_weekly", int, 0, "newest per ISO week, for the N newest weeks",
+        _between(0, KEEP), f"0-{KEEP}"),
+    Key("retention", "keep_monthly", int, 0, "newest per month, for the N newest months",
+        _between(0, KEEP), f"0-{KEEP}"),
+    Key("retention", "keep_yearly", int, 0, "newest per year, for the N newest years",
+        _between(0, KEEP), f"0-{KEEP}"),
+    Key("retention", "keep_within", str, None, "keep every backup within this duration of "
+        "the newest", _duration, "duration > 0, e.g. 30d, 12h, 1w3d"),
+    Key("reset", "scope", list, ["state"], "what reset --confirm removes (state always)",
+        _scope, "array of state, tls, legacy"),
+    Key("audit", "retain_days", int, 365, "audit prune removes rows older than this",
+        _between(1, 36500), "1-36500"),
+)  # fmt: skip
+
+BY_DOTTED = {k.dotted: k for k in SCHEMA}
 TABLES = sorted({k.table for k in SCHEMA if k.table})
+TYPE_NAMES = {str: "string", int: "integer", bool: "boolean", list: "array", float: "float"}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a config file."""
+
+    line: int | None
+    key: str | None
+    message: str
+
+    def render(self, path: Path) -> str:
+        where = f"{path}:{self.line}" if self.line else str(path)
+        subject = f"key '{self.key}': " if self.key else ""
+        return f"{where}: {subject}{self.message}"
 
 
 @dataclass(frozen=True)
@@ -136,6 +163,7 @@ class Settings:
 
     values: Mapping[str, Any]
     source: Path | None  # the file read, or None when there was none
+    explicit: frozenset[str] = field(default_factory=frozenset)  # keys the file sets
 
     def get(self, dotted: str) -> Any:
         return self.values[dotted]
@@ -158,81 +186,350 @@ def load(path: Path | None, *, required: bool = False) -> Settings:
     """Read and validate ``path``; a missing optional file means defaults."""
     if path is None:
         return defaults()
-    try:
-        text = path.read_text("utf-8")
-    except (FileNotFoundError, NotADirectoryError):
-        if required:
-            raise _invalid(path, None, None, "the file does not exist") from None
+    text = read_text(path, required=required)
+    if text is None:
         return defaults()
+    values, problems = examine(text)
+    if problems:
+        raise invalid(path, problems)
+    merged = {k.dotted: k.default for k in SCHEMA}
+    merged.update(values)
+    return Settings(merged, path, frozenset(values))
+
+
+def read_text(path: Path, *, required: bool) -> str | None:
+    """The file's text; None when it is absent and optional."""
+    try:
+        return path.read_text("utf-8")
+    except FileNotFoundError:
+        if required:
+            raise invalid(path, [Problem(None, None, "the file does not exist")]) from None
+        return None
     except (OSError, UnicodeDecodeError) as exc:
-        raise _invalid(path, None, None, f"cannot read it: {exc}") from exc
-    return Settings(parse(text, path), path)
+        raise invalid(path, [Problem(None, None, f"cannot read it: {exc}")]) from exc
 
 
-def parse(text: str, path: Path) -> dict[str, Any]:
+def examine(text: str) -> tuple[dict[str, Any], list[Problem]]:
+    """Every key the text sets (checked) and every problem found, in file order."""
     try:
         doc = tomlkit.parse(text)
-    except TomlParseError as exc:
-        raise _invalid(path, exc.line, None, f"not valid TOML: {exc}") from exc
-    values = {k.dotted: k.default for k in SCHEMA}
-    by_name = {k.dotted: k for k in SCHEMA}
-    for dotted, value in _flatten(doc.unwrap(), path, text):
-        key = by_name.get(dotted)
-        if key is None:
-            raise _invalid(path, _line_of(text, dotted), dotted, "unknown key")
-        values[dotted] = _checked(key, value, path, text)
-    return values
+    except TOMLKitError as exc:  # ParseError carries the line; KeyAlreadyPresent does not
+        return {}, [Problem(getattr(exc, "line", None), None, f"not valid TOML: {exc}")]
+    lines = key_lines(text)
+    values: dict[str, Any] = {}
+    problems: list[Problem] = []
+    for dotted, value in _flatten(doc.unwrap()):
+        line = line_of(lines, dotted)
+        complaint = _complaint(dotted, value)
+        if complaint:
+            problems.append(Problem(line, dotted, complaint))
+        else:
+            values[dotted] = value
+    problems.sort(key=lambda p: p.line or 0)
+    return values, problems
 
 
-def _flatten(doc: dict[str, Any], path: Path, text: str):
+def _flatten(doc: dict[str, Any]):
     for name, value in doc.items():
-        if name in TABLES:
-            if not isinstance(value, dict):
-                raise _invalid(path, _line_of(text, name), name, "must be a table")
+        if name in TABLES and isinstance(value, dict):
             for sub, sub_value in value.items():
                 yield f"{name}.{sub}", sub_value
         else:
             yield name, value
 
 
-def _checked(key: Key, value: Any, path: Path, text: str) -> Any:
-    line = _line_of(text, key.dotted)
-    kinds = key.kind if isinstance(key.kind, tuple) else (key.kind,)
+def _complaint(dotted: str, value: Any) -> str | None:
+    key = BY_DOTTED.get(dotted)
+    if key is None:
+        return _unknown(dotted, value)
     # bool is an int in Python; TOML keeps them apart, and so do we.
-    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-        expected = " or ".join(k.__name__ for k in kinds)
-        raise _invalid(path, line, key.dotted, f"must be {expected}, got {value!r}")
+    if not isinstance(value, key.kind) or (isinstance(value, bool) and key.kind is not bool):
+        return f"must be {_a(TYPE_NAMES[key.kind])}, got {_toml_type(value)} {_show(value)}"
     complaint = key.check(value) if key.check else None
-    if complaint:
-        raise _invalid(path, line, key.dotted, f"{complaint} (got {value!r})")
-    return value
+    return f"{complaint} (got {_show(value)})" if complaint else None
 
 
-def _line_of(text: str, dotted: str) -> int | None:
-    """Best-effort line number of a key: inside its [table], or at top level."""
-    table, _, name = dotted.rpartition(".")
-    current = ""
+def _unknown(dotted: str, value: Any) -> str:
+    if dotted in TABLES:
+        return f"must be a table ([{dotted}]), got {_toml_type(value)}"
+    if isinstance(value, dict) and "." not in dotted:
+        near = difflib.get_close_matches(dotted, TABLES, n=1, cutoff=0.6)
+        return "unknown table" + (f" (did you mean [{near[0]}]?)" if near else "")
+    near = difflib.get_close_matches(dotted, list(BY_DOTTED), n=1, cutoff=0.75)
+    return "unknown key" + (f" (did you mean '{near[0]}'?)" if near else "")
+
+
+def _toml_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    for kind, name in ((int, "integer"), (float, "float"), (str, "string"), (list, "array")):
+        if isinstance(value, kind):
+            return name
+    if isinstance(value, datetime | date | time):
+        return "date/time"
+    return "table" if isinstance(value, dict) else type(value).__name__
+
+
+def _a(noun: str) -> str:
+    return f"an {noun}" if noun[0] in "aeiou" else f"a {noun}"
+
+
+def _show(value: Any) -> str:
+    try:
+        return tomlkit.item(value).as_string()
+    except Exception:  # a value tomlkit cannot render back; repr is enough for a message
+        return repr(value)
+
+
+# --- where a key is written ---------------------------------------------------
+
+_KEY_PART = r"""(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')"""
+_KEY_PATH = rf"{_KEY_PART}(?:\s*\.\s*{_KEY_PART})*"
+_HEADER = re.compile(rf"^\[\[?\s*({_KEY_PATH})\s*\]\]?")
+_ASSIGNMENT = re.compile(rf"^({_KEY_PATH})\s*=(.*)$")
+_SPLIT = re.compile(rf"{_KEY_PART}")
+
+
+def key_lines(text: str) -> dict[str, int]:
+    """First line of every table header and key, by dotted path.
+
+    A light scanner, not a parser (tomlkit keeps no positions): it follows
+    table headers, dotted keys and quoted keys, and skips multi-line strings.
+    A key inside an inline table is found through its table's line.
+    """
+    lines: dict[str, int] = {}
+    table: list[str] = []
+    in_string: str | None = None
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
-        header = re.match(r"^\[\s*([A-Za-z0-9_.-]+)\s*\]", line)
-        if header:
-            current = header[1]
-            if not name and current == dotted:
-                return number
+        if in_string:
+            if line.count(in_string) % 2 == 1:
+                in_string = None
             continue
-        if current == table and re.match(rf"^{re.escape(name)}\s*=", line):
-            return number
+        header = _HEADER.match(line)
+        if header:
+            table = _parts(header[1])
+            lines.setdefault(".".join(table), number)
+            continue
+        assignment = _ASSIGNMENT.match(line)
+        if assignment:
+            path = [*table, *_parts(assignment[1])]
+            for depth in range(1, len(path) + 1):
+                lines.setdefault(".".join(path[:depth]), number)
+            in_string = _opens_multiline(assignment[2])
+    return lines
+
+
+def _parts(path: str) -> list[str]:
+    return [part.strip("\"'") for part in _SPLIT.findall(path)]
+
+
+def _opens_multiline(value: str) -> str | None:
+    for quote in ('"""', "'''"):
+        if value.count(quote) % 2 == 1:
+            return quote
     return None
 
 
-def _invalid(path: Path, line: int | None, key: str | None, problem: str):
-    where = f"{path}:{line}" if line else str(path)
-    subject = f"key '{key}' " if key else ""
+def line_of(lines: Mapping[str, int], dotted: str) -> int | None:
+    """The key's own line, else the line of its nearest enclosing table."""
+    parts = dotted.split(".")
+    for depth in range(len(parts), 0, -1):
+        line = lines.get(".".join(parts[:depth]))
+        if line:
+            return line
+    return None
+
+
+# --- errors -------------------------------------------------------------------
+
+
+def invalid(path: Path, problems: list[Problem]) -> RefusedByConfiguration:
+    """startup.config_invalid (78) naming the first problem's file, line, key."""
+    first = problems[0]
+    more = f" (and {len(problems) - 1} more problem(s); run 'config check')" if problems[1:] else ""
     return RefusedByConfiguration(
-        f"{where}: {subject}{problem}",
+        first.render(path) + more,
         event="startup.config_invalid",
-        hint="fix the file (see config/server.toml for every key and its default)",
+        hint="fix the file (docs/configuration.md and config/server.toml list every key)",
         file=str(path),
-        line=line,
-        key=key,
+        line=first.line,
+        key=first.key,
+        problems=len(problems),
+    )
+
+
+def check_file(path: Path) -> list[Problem]:
+    """Every problem in the file at ``path`` (which must exist)."""
+    text = read_text(path, required=True)
+    return examine(text or "")[1]
+
+
+# --- what config show prints ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str
+    value: Any
+    source: str  # default, file, flag or env
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "source": self.source}
+
+
+def describe(settings: Settings, overrides: Mapping[str, tuple[Any, str]]) -> list[Entry]:
+    """Each key's effective value and where it came from, in schema order.
+
+    ``overrides`` are values decided outside the file (a flag, the
+    environment): key -> (value, source).
+    """
+    entries = []
+    for key in SCHEMA:
+        if key.dotted in overrides:
+            value, source = overrides[key.dotted]
+        else:
+            value = settings.get(key.dotted)
+            source = "file" if key.dotted in settings.explicit else "default"
+        entries.append(Entry(key.dotted, value, source))
+    return entries
+
+
+def render_value(value: Any) -> str:
+    """A value as TOML writes it; "(unset)" for a key without a value."""
+    return "(unset)" if value is None else tomlkit.item(value).as_string()
+
+
+# --- config set ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Change:
+    path: Path
+    key: str
+    old: Any
+    new: Any
+    created: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "file": str(self.path),
+            "key": self.key,
+            "old": self.old,
+            "new": self.new,
+            "created": self.created,
+        }
+
+
+def coerce(key: Key, raw: str) -> Any:
+    """The command-line text ``raw`` as a value of ``key``'s type.
+
+    TOML syntax first (``7``, ``true``, ``["state", "tls"]``, ``"x"``); a
+    string key also takes bare text (``30d``), an array key a comma list
+    (``state,tls``). Raises ValueError with the complaint.
+    """
+    try:
+        value = tomlkit.parse(f"v = {raw}").unwrap()["v"]
+    except Exception:  # not a TOML value: the bare-text forms below decide
+        value = None
+    if isinstance(value, key.kind) and not (isinstance(value, bool) and key.kind is not bool):
+        return value
+    if key.kind is str:
+        return raw
+    if key.kind is list:
+        return [part.strip() for part in raw.split(",") if part.strip()]
+    raise ValueError(f"must be {_a(TYPE_NAMES[key.kind])}, got {raw!r}")
+
+
+def set_value(path: Path, dotted: str, raw: str) -> Change:
+    """Set one key in the file at ``path`` (created if absent), keeping
+    every comment and the layout; refused (78, file untouched) when the
+    key is unknown, the value invalid, or the edited file would not load."""
+    key = BY_DOTTED.get(dotted)
+    if key is None:
+        raise _refused(path, Problem(None, dotted, _unknown(dotted, raw)))
+    try:
+        value = coerce(key, raw)
+    except ValueError as exc:
+        raise _refused(path, Problem(None, dotted, str(exc))) from None
+    complaint = _complaint(dotted, value)
+    if complaint:
+        raise _refused(path, Problem(None, dotted, complaint))
+    target = Path(os.path.realpath(path))  # edit the file a symlink points at, keep the link
+    text = read_text(target, required=False)
+    edited, old = _edited(target, text or "", key, value)
+    problems = examine(edited)[1]
+    if problems:
+        raise _refused(target, problems[0])
+    _write_keeping_owner(target, edited, created=text is None)
+    change = Change(target, dotted, old, value, text is None)
+    log.info(
+        "config.updated",
+        msg="server.toml updated; a running server applies it at its next start",
+        **change.as_dict(),
+    )
+    return change
+
+
+def _edited(path: Path, text: str, key: Key, value: Any) -> tuple[str, Any]:
+    try:
+        doc = tomlkit.parse(text)
+    except TOMLKitError as exc:
+        problem = Problem(getattr(exc, "line", None), None, f"not valid TOML: {exc}")
+        raise _refused(path, problem) from None
+    if not key.table:
+        old = doc.get(key.name)
+        _set_top_level(doc, key.name, value)
+    else:
+        if key.table not in doc:
+            doc.add(key.table, tomlkit.table())
+        table = doc[key.table]
+        if not isinstance(table, dict):
+            raise _refused(path, Problem(None, key.table, "must be a table"))
+        old = table.get(key.name)
+        table[key.name] = value
+    return doc.as_string(), tomlkit.item(old).unwrap() if old is not None else None
+
+
+def _set_top_level(doc: tomlkit.TOMLDocument, name: str, value: Any) -> None:
+    simple = [k for k, v in doc.items() if not isinstance(v, dict) or isinstance(v, InlineTable)]
+    if name in doc or not simple:
+        doc[name] = value
+        return
+    # A new top-level key goes right after the last one, not after the
+    # comment that introduces the first [table] (where tomlkit puts it).
+    try:
+        doc._insert_after(simple[-1], name, value)
+    except Exception:  # private tomlkit API: fall back to its public, uglier placement
+        doc[name] = value
+
+
+def _write_keeping_owner(path: Path, text: str, *, created: bool) -> None:
+    mode = 0o600
+    try:
+        st = path.parent.stat() if created else path.stat()
+        mode = mode if created else st.st_mode & 0o777
+        write_atomically(path, text.encode("utf-8"), mode=mode)
+        os.chmod(path, mode)  # write_atomically's mode passes through the umask
+        if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0):
+            # root editing the service user's file must not leave it unreadable
+            # to the server: keep (or, for a new file, inherit) the owner.
+            os.chown(path, st.st_uid, st.st_gid)
+    except OSError as exc:
+        raise StorageIOError(
+            f"cannot write {path}: {exc.strerror or exc}",
+            event="config.write_failed",
+            hint="check the permissions of the file and its directory",
+            path=str(path),
+        ) from exc
+
+
+def _refused(path: Path, problem: Problem) -> RefusedByConfiguration:
+    return RefusedByConfiguration(
+        problem.render(path),
+        event="config.set_refused",
+        hint="nothing was written; see docs/configuration.md for every key and its range",
+        file=str(path),
+        line=problem.line,
+        key=problem.key,
     )

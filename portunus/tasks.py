@@ -10,20 +10,26 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import structlog
 from invoke import Collection, Exit, task
 
-from portunus import runtime
+from portunus import config, metrics_textfile, runtime
+from portunus import log as log_setup
+from portunus.datadir import DataDir, resolve_data_dir
+from portunus.engine import audit_prune as audit_prune_engine
 from portunus.engine import backup as backup_engine
 from portunus.engine import reset as reset_engine
 from portunus.engine import restore as restore_engine
-from portunus.engine import tokens
+from portunus.engine import retention, tokens
+from portunus.engine import status as status_engine
 from portunus.engine import verify as verify_engine
 from portunus.errors import PortunusError, UsageError
 from portunus.store.lock import probe_holder
@@ -35,6 +41,12 @@ def report(error: PortunusError) -> None:
     """The one place an error becomes a log line."""
     fields = {k: v for k, v in error.fields.items() if v is not None}
     log.error(error.event, msg=error.message, hint=error.hint, exit_code=error.exit_code, **fields)
+
+
+def silence_stdout() -> None:
+    """The reader (``| head``) stopped reading: not our failure. Point stdout
+    at /dev/null so the interpreter's final flush does not fail again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def operator_task(
@@ -54,6 +66,9 @@ def operator_task(
                 code, reason = error.exit_code, error.event
             except (Exit, KeyboardInterrupt):
                 raise
+            except BrokenPipeError:
+                silence_stdout()
+                raise Exit(code=0) from None
             except Exception as exc:
                 log.error(
                     "internal_error",
@@ -96,17 +111,45 @@ def backup(c, out=None, json=False):
             "backup needs --out PATH (or [backup].dir in server.toml)",
             hint="e.g. portunus-server backup --out ~/portunus-$(date +%F).db",
         )
-    result = backup_engine.backup(
-        rt.data_dir,
-        Path(target).expanduser(),
-        verify=rt.settings.get("backup.verify"),
-        checksum=rt.settings.get("backup.checksum"),
-        progress=None if json else _progress_bar(),
-    )
+    # Only a backup into [backup].dir (no --out) is "managed": it prunes per
+    # [retention] and updates the metrics textfile; an explicit --out never
+    # prunes anything.
+    managed = out is None
+    try:
+        result = backup_engine.backup(
+            rt.data_dir,
+            _backup_out(target),
+            verify=rt.settings.get("backup.verify"),
+            checksum=rt.settings.get("backup.checksum"),
+            progress=None if json else _progress_bar(),
+        )
+    except PortunusError:
+        if managed:
+            now = time.time()
+            _update_metrics(
+                rt,
+                portunus_backup_last_attempt_timestamp_seconds=now,
+                portunus_backup_last_attempt_success=0,
+            )
+        raise
+    if not json:
+        print(result.path, flush=True)
+    pruned = _after_managed_backup(rt, Path(target).expanduser(), result) if managed else None
     if json:
-        _print_json(result.as_dict())
-    else:
-        print(result.path)
+        summary = result.as_dict()
+        if managed:
+            summary["prune"] = pruned.as_dict() if pruned else None
+        _print_json(summary)
+
+
+def _backup_out(target: str) -> Path:
+    """--out as a Path. pathlib drops a trailing slash, and with it the
+    operator's "this is a directory": kept here as a backup name inside it, so
+    a missing directory is refused (74) instead of becoming a file of its name."""
+    path = Path(target).expanduser()
+    if target.endswith(os.sep) and not path.is_dir():
+        return path / backup_engine.backup_name(datetime.now(UTC))
+    return path
 
 
 def _progress_bar() -> Callable[[int, int], None] | None:
@@ -227,6 +270,335 @@ def bootstrap_admin(c, name=None):
     print(tokens.bootstrap_admin(rt.data_dir, name))
 
 
+@operator_task()
+def serve(c):
+    """Run the HTTPS API until SIGTERM / SIGINT (holds the store while it runs)."""
+    rt = _runtime(c)
+    # Imported here: sanic adds ~0.2 s to the start of every other command.
+    from portunus.serve import serve as run_server
+
+    run_server(rt)
+
+
+# --- retention, status, config and audit (prune, status, config.*, audit.prune) ---
+
+
+def _policy(settings: config.Settings) -> retention.Policy:
+    within = settings.get("retention.keep_within")
+    return retention.Policy(
+        **{f"keep_{rule}": settings.get(f"retention.keep_{rule}") for rule in retention.PERIODS},
+        keep_last=settings.get("retention.keep_last"),
+        keep_within=retention.parse_duration(within) if within else None,
+    )
+
+
+def _after_managed_backup(
+    rt: runtime.Runtime, directory: Path, result: backup_engine.BackupResult
+) -> retention.PruneReport | None:
+    """A backup into [backup].dir then prunes per [retention] (when a rule
+    is set) and updates the metrics textfile (when one is configured)."""
+    policy = _policy(rt.settings)
+    now = time.time()
+    pruned = None
+    try:
+        pruned = None if policy.empty else retention.prune(directory, policy)
+    finally:
+        # The backup succeeded whatever pruning did: record it either way.
+        _update_metrics(
+            rt,
+            portunus_backup_last_success_timestamp_seconds=now,
+            portunus_backup_last_duration_seconds=result.total_seconds,
+            portunus_backup_last_size_bytes=result.bytes,
+            portunus_backup_last_attempt_timestamp_seconds=now,
+            portunus_backup_last_attempt_success=1,
+            **_prune_metrics(pruned, now),
+        )
+    if rt.settings.get("backup.metrics_textfile"):
+        kept = len(pruned.plan.kept) if pruned else len(retention.scan(directory).backups)
+        _update_metrics(rt, portunus_backup_kept_count=kept)
+    return pruned
+
+
+def _prune_metrics(pruned: retention.PruneReport | None, now: float) -> dict[str, float]:
+    if pruned is None or pruned.dry_run:
+        return {}
+    return {
+        "portunus_prune_last_removed_count": len(pruned.removed),
+        "portunus_prune_last_timestamp_seconds": now,
+    }
+
+
+def _update_metrics(rt: runtime.Runtime, **values: float) -> None:
+    textfile = rt.settings.get("backup.metrics_textfile")
+    if textfile and values:
+        metrics_textfile.update(Path(textfile), values)
+
+
+def _backup_dir(rt: runtime.Runtime, override: str | None) -> Path:
+    target = override or rt.settings.get("backup.dir")
+    if not target:
+        raise UsageError(
+            "prune needs [backup].dir in server.toml (or --dir DIR)",
+            hint="portunus-server config set backup.dir /var/backups/portunus",
+        )
+    return Path(target).expanduser()
+
+
+@operator_task(
+    help={
+        "dry_run": "print every backup with keep/remove and the rules that decided; remove nothing",
+        "json": "print a JSON summary",
+        "dir": "prune this directory instead of [backup].dir",
+    }
+)
+def prune(c, dry_run=False, json=False, dir_=None):
+    """Apply [retention] to the backup directory: remove the backups no rule keeps."""
+    rt = _runtime(c)
+    directory = _backup_dir(rt, dir_)
+    pruned = retention.prune(directory, _policy(rt.settings), dry_run=dry_run)
+    if not dry_run and _is_configured_backup_dir(rt, directory):
+        kept = {"portunus_backup_kept_count": len(pruned.plan.kept)}
+        _update_metrics(rt, **kept, **_prune_metrics(pruned, time.time()))
+    if json:
+        _print_json(pruned.as_dict())
+    else:
+        _render_prune(pruned)
+
+
+def _is_configured_backup_dir(rt: runtime.Runtime, directory: Path) -> bool:
+    """The metrics textfile describes [backup].dir, however prune was pointed at it."""
+    configured = rt.settings.get("backup.dir")
+    if not configured:
+        return False
+    return os.path.realpath(Path(configured).expanduser()) == os.path.realpath(directory)
+
+
+def _render_prune(pruned: retention.PruneReport) -> None:
+    if pruned.dry_run:
+        for decision in pruned.plan.decisions:
+            action = "keep" if decision.keep else "remove"
+            print(f"{action:<7}{decision.backup.name}  {','.join(decision.reasons) or '-'}")
+    else:
+        for name in pruned.removed:
+            print(f"removed {name}")
+    for impostor in pruned.impostors:
+        print(f"ignored {impostor.name}  ({impostor.reason})")
+    print(_prune_summary(pruned))
+
+
+def _prune_summary(pruned: retention.PruneReport) -> str:
+    total = len(pruned.plan.decisions)
+    if pruned.plan.policy.empty:
+        return f"no [retention] rule is set: nothing removed ({total} backups kept)"
+    if pruned.dry_run:
+        freed = sum(d.as_dict()["bytes"] for d in pruned.plan.removed)
+        return (
+            f"dry-run: would remove {len(pruned.plan.removed)} of {total} backups "
+            f"({_human_bytes(freed)}), keep {len(pruned.plan.kept)}"
+        )
+    return (
+        f"removed {len(pruned.removed)} of {total} backups ({_human_bytes(pruned.bytes_freed)} "
+        f"freed), kept {len(pruned.plan.kept)}"
+    )
+
+
+def _human_bytes(count: int | None) -> str:
+    size = float(count or 0)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _human_age(seconds: int) -> str:
+    days, rest = divmod(max(seconds, 0), 86400)
+    hours, rest = divmod(rest, 3600)
+    return f"{days}d {hours}h {rest // 60}m" if days else f"{hours}h {rest // 60}m"
+
+
+@operator_task(help={"json": "print JSON"})
+def status(c, json=False):
+    """Show the data dir, its filesystem, the lock holder, schema version, sizes and backups."""
+    rt = _runtime(c)
+    backup_dir = rt.settings.get("backup.dir")
+    found = status_engine.status(
+        rt.data_dir, Path(backup_dir).expanduser() if backup_dir else None, rt.settings.source
+    )
+    if json:
+        _print_json(found.as_dict())
+    else:
+        _render_status(found)
+
+
+def _render_status(found: status_engine.Status) -> None:
+    store, backups = found.store, found.backups
+    holder = found.lock_holder
+    rows = {
+        "data dir": f"{found.data_dir}" + ("" if found.data_dir_exists else " (does not exist)"),
+        "filesystem": f"{found.filesystem} ({found.filesystem_verdict})",
+        "config file": str(found.config_file or "none (built-in defaults)"),
+        "lock": f"held by pid {holder[0]} ({holder[1]})" if holder else "free",
+        "state.db": _store_line(store, found.binary_schema_version),
+        "backups": _backups_line(backups),
+    }
+    if backups.newest:
+        rows["newest backup"] = f"{backups.newest} ({_human_age(backups.newest_age_seconds)} old)"
+    for label, value in rows.items():
+        print(f"{label + ':':<15}{value}")
+
+
+def _store_line(store: status_engine.StoreStatus, binary: int) -> str:
+    if not store.exists:
+        return "absent"
+    wal = "no wal" if store.wal_bytes is None else f"wal {_human_bytes(store.wal_bytes)}"
+    sizes = f"{_human_bytes(store.bytes)} ({wal})"
+    if store.problem:
+        return f"{sizes}, {store.problem}"
+    return f"{sizes}, schema version {store.schema_version} (this binary: {binary})"
+
+
+def _backups_line(backups: status_engine.BackupsStatus) -> str:
+    if backups.problem:
+        return backups.problem
+    impostors = f", {backups.impostors} impostor(s)" if backups.impostors else ""
+    return f"{backups.count} in {backups.dir}, {_human_bytes(backups.total_bytes)}{impostors}"
+
+
+def _config_target(c: Any, file: str | None) -> tuple[Path, bool]:
+    """The file config check / set work on, and whether it was named
+    (--file, --config, $PORTUNUS_CONFIG) rather than the optional
+    <data-dir>/server.toml. Not through runtime.build: that refuses an
+    invalid file, which is what these two commands must be able to handle."""
+    options = runtime.global_options(c)
+    log_setup.configure(options.get("log_format") or "logfmt")
+    if file:
+        return Path(file).expanduser(), True
+    explicit = config.config_path(options.get("config"), os.environ, None)
+    if explicit:
+        return explicit, True
+    return resolve_data_dir(options.get("data_dir"), None).config, False
+
+
+@operator_task(name="show", help={"json": "print JSON: each key's value and source"})
+def config_show(c, json=False):
+    """Print the effective configuration and where each value comes from."""
+    rt = _runtime(c)
+    entries = config.describe(rt.settings, _overrides(c, rt))
+    if json:
+        _print_json(
+            {
+                "file": str(rt.settings.source) if rt.settings.source else None,
+                "settings": {e.key: e.as_dict() for e in entries},
+            }
+        )
+        return
+    print(f"# file: {rt.settings.source or 'none (built-in defaults)'}")
+    width = max(len(e.key) for e in entries) + 2
+    for entry in entries:
+        print(f"{entry.key:<{width}}{config.render_value(entry.value):<32} # {entry.source}")
+
+
+def _overrides(c: Any, rt: runtime.Runtime) -> dict[str, tuple[Any, str]]:
+    """Values decided outside the file: --data-dir / the environment, --log-format."""
+    options = runtime.global_options(c)
+    explicit = config.config_path(options.get("config"), os.environ, None)
+    if options.get("data_dir"):
+        source = "flag"
+    elif explicit and "data_dir" in rt.settings.explicit:
+        source = "file"
+    elif os.environ.get("STATE_DIRECTORY") or os.environ.get("XDG_STATE_HOME"):
+        source = "env"
+    else:
+        source = "default"
+    found = {"data_dir": (str(rt.data_dir.path), source)}
+    if options.get("log_format"):
+        found["log_format"] = (options["log_format"], "flag")
+    return found
+
+
+@operator_task(name="check", help={"file": "file to check (default: the one commands read)"})
+def config_check(c, file=None):
+    """Validate a server.toml: every problem with its line and key; exit 78 if any."""
+    path, named = _config_target(c, file)
+    if not named and not path.exists():
+        print(f"no config file at {path}: built-in defaults apply")
+        return
+    problems = config.check_file(path)
+    for problem in problems:
+        print(problem.render(path))
+    if problems:
+        raise config.invalid(path, problems)
+    print(f"ok: {path}")
+
+
+@operator_task(
+    name="set",
+    positional=["key", "value"],
+    help={
+        "key": "dotted key, e.g. retention.keep_daily",
+        "value": "TOML value or bare text: 7, true, 30d, state,tls",
+        "file": "file to edit (default: the one commands read)",
+    },
+)
+def config_set(c, key, value, file=None):
+    """Set one key in server.toml, keeping comments; refused (78) if invalid."""
+    path, named = _config_target(c, file)
+    if not named:
+        DataDir(path.parent).ensure()
+    change = config.set_value(path, key, value)
+    was = "unset" if change.old is None else config.render_value(change.old)
+    print(f"{key} = {config.render_value(change.new)} (was {was}) in {change.path}")
+
+
+@operator_task(
+    name="prune",
+    help={
+        "before": "delete rows older than this RFC3339 time (default: now - [audit].retain_days)",
+        "dry_run": "count the rows, delete nothing",
+        "json": "print a JSON summary",
+    },
+)
+def audit_prune(c, before=None, dry_run=False, json=False):
+    """Delete old audit-log rows in small batches (safe while the server runs)."""
+    rt = _runtime(c)
+    cutoff = (
+        _parse_before(before)
+        if before
+        else audit_prune_engine.cutoff_from_days(rt.settings.get("audit.retain_days"))
+    )
+    result = audit_prune_engine.prune_audit(rt.data_dir, cutoff, dry_run=dry_run)
+    if json:
+        _print_json(result.as_dict())
+    else:
+        done = f"dry-run: would delete {result.matched}" if dry_run else f"deleted {result.deleted}"
+        print(f"{done} audit rows older than {result.as_dict()['before']}")
+
+
+def _parse_before(text: str) -> datetime:
+    """RFC3339 with a zone (``Z`` or an offset), or a bare date (midnight UTC)."""
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        at = None
+    if at is not None and len(text) == 10:
+        at = at.replace(tzinfo=UTC)
+    if at is None or at.tzinfo is None:
+        raise UsageError(
+            f"--before must be an RFC3339 time with a zone, or a date: got {text!r}",
+            hint="e.g. --before 2026-01-01T00:00:00Z or --before 2026-01-01",
+        )
+    if at > datetime.now(UTC):
+        raise UsageError(
+            f"--before {text} is in the future: that would delete the whole audit log",
+            hint="pick a past time",
+        )
+    return at
+
+
 def collection() -> Collection:
     """The operator tasks, as both portunus-server and invoke see them."""
-    return Collection(backup, restore, reset, verify, bootstrap_admin)
+    root = Collection(serve, backup, restore, reset, verify, bootstrap_admin, prune, status)
+    root.add_collection(Collection("config", config_show, config_check, config_set))
+    root.add_collection(Collection("audit", audit_prune))
+    return root

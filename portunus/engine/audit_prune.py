@@ -1,0 +1,184 @@
+"""Audit retention: delete audit rows older than a cut-off, in small batches.
+
+Runs beside a live server (it does not take the data dir's lock): each
+batch is its own short ``BEGIN IMMEDIATE`` transaction, and between batches
+the writer lock is left free for about as long as the batch held it, so the
+server's own writes, waiting in their busy handler, get their turn instead
+of timing out behind one long delete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import apsw
+import structlog
+
+from portunus.datadir import DataDir
+from portunus.errors import InputMissing, NotAStateDatabase, StorageIOError
+from portunus.store import audit, migrations
+from portunus.store.connection import close_quietly, open_store
+from portunus.store.sqlitefile import has_sqlite_header
+
+log = structlog.get_logger()
+
+BATCH_ROWS = 1000
+MIN_PAUSE_SECONDS = 0.01
+
+
+@dataclass(frozen=True)
+class AuditPruneResult:
+    before: datetime
+    matched: int  # rows older than the cut-off when we started
+    deleted: int
+    batches: int
+    oldest: str | None  # `at` of the oldest matching row
+    dry_run: bool
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "before": to_stored_time(self.before),
+            "matched": self.matched,
+            "deleted": self.deleted,
+            "batches": self.batches,
+            "oldest": self.oldest,
+            "dry_run": self.dry_run,
+        }
+
+
+def to_stored_time(at: datetime) -> str:
+    """The audit log's own format (``audit.now_rfc3339``), so text order is time order."""
+    return at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def cutoff_from_days(retain_days: int, now: datetime | None = None) -> datetime:
+    return (now or datetime.now(UTC)) - timedelta(days=retain_days)
+
+
+def prune_audit(
+    data_dir: DataDir,
+    before: datetime,
+    *,
+    dry_run: bool = False,
+    batch_rows: int = BATCH_ROWS,
+    actor: str = "cli",
+) -> AuditPruneResult:
+    """Delete ``audit_log`` rows with ``at`` before ``before`` (or count them)."""
+    conn = _open(data_dir)
+    try:
+        cutoff = to_stored_time(before)
+        matched, oldest = _matching(conn, cutoff)
+        log.info(
+            "audit.prune_planned",
+            msg="audit rows older than the cut-off",
+            before=cutoff,
+            matched=matched,
+            oldest=oldest,
+            dry_run=dry_run,
+        )
+        if dry_run or matched == 0:
+            return AuditPruneResult(before, matched, 0, 0, oldest, dry_run)
+        deleted, batches = _delete_in_batches(conn, cutoff, batch_rows)
+        _record(conn, actor, cutoff, deleted)
+    except apsw.BusyError as exc:
+        raise _io_error(data_dir, f"the store stayed busy: {exc}") from exc
+    except apsw.Error as exc:
+        raise _io_error(data_dir, str(exc)) from exc
+    finally:
+        close_quietly(conn)
+    result = AuditPruneResult(before, matched, deleted, batches, oldest, dry_run)
+    log.info("audit.pruned", msg="old audit rows deleted", **result.as_dict())
+    return result
+
+
+def _open(data_dir: DataDir) -> apsw.Connection:
+    path = data_dir.state_db
+    if not os.path.lexists(path):
+        raise InputMissing(
+            f"no state database at {path}",
+            event="audit.store_missing",
+            hint="check --data-dir (or data_dir in server.toml)",
+            path=str(path),
+        )
+    if not _is_sqlite_file(path):
+        raise NotAStateDatabase(
+            f"{path} is not a SQLite database (bad header, symlink or not a regular file)",
+            event="startup.not_sqlite",
+            hint="check --data-dir; restore a backup if state.db was damaged",
+            path=str(path),
+        )
+    conn = open_store(path)
+    try:
+        # No migration here: the server may be running this store right now.
+        # Every schema version has had this audit_log table since migration 1.
+        version = migrations.stored_schema_version(conn, path)
+        migrations.refuse_if_too_new(version, path)
+    except BaseException:
+        close_quietly(conn)
+        raise
+    return conn
+
+
+def _is_sqlite_file(path: Path) -> bool:
+    try:
+        return path.is_file() and not path.is_symlink() and has_sqlite_header(path)
+    except OSError:
+        return False
+
+
+def _matching(conn: apsw.Connection, cutoff: str) -> tuple[int, str | None]:
+    count, oldest = conn.execute(
+        "SELECT count(*), min(at) FROM audit_log WHERE at < ?", (cutoff,)
+    ).fetchall()[0]
+    return count, oldest
+
+
+def _delete_in_batches(conn: apsw.Connection, cutoff: str, batch_rows: int) -> tuple[int, int]:
+    deleted = batches = 0
+    while True:
+        started = time.monotonic()
+        with _immediate(conn):
+            conn.execute(
+                "DELETE FROM audit_log WHERE id IN "
+                "(SELECT id FROM audit_log WHERE at < ? ORDER BY at LIMIT ?)",
+                (cutoff, batch_rows),
+            )
+            count = conn.changes()
+        deleted += count
+        batches += 1
+        if count < batch_rows:
+            return deleted, batches
+        time.sleep(max(MIN_PAUSE_SECONDS, time.monotonic() - started))
+
+
+def _record(conn: apsw.Connection, actor: str, cutoff: str, deleted: int) -> None:
+    # Pruning history is itself a mutation worth an audit row.
+    with _immediate(conn):
+        audit.record(conn, actor, "audit.prune", "audit_log", before=cutoff, deleted=deleted)
+
+
+@contextlib.contextmanager
+def _immediate(conn: apsw.Connection):
+    """A write transaction that takes the writer lock up front, waiting in the
+    busy handler: a deferred one could fail at once on a stale snapshot."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _io_error(data_dir: DataDir, detail: str) -> StorageIOError:
+    return StorageIOError(
+        f"audit prune failed on {data_dir.state_db}: {detail}",
+        event="audit.prune_failed",
+        hint="nothing past the last finished batch was deleted; run it again later",
+        path=str(data_dir.state_db),
+    )

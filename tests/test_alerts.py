@@ -1,0 +1,83 @@
+"""config/alerts/: the example rules parse, name only catalogued events and
+metrics the code writes, and cover what the operator must be woken for."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from portunus.metrics_textfile import METRICS
+from tests.support import REPO
+from tests.test_events import catalogue
+
+ALERTS = REPO / "config" / "alerts"
+MUST_ALERT_ON = {
+    "startup.store_in_use",
+    "startup.schema_version_too_new",
+    "startup.unsupported_filesystem",
+    "backup.failed",
+}
+
+
+def rules(name: str) -> list[dict]:
+    document = yaml.safe_load((ALERTS / name).read_text())
+    return [rule for group in document["groups"] for rule in group["rules"]]
+
+
+def events_named(expr: str) -> set[str]:
+    """Every event a LogQL expression matches on; only exact matchers allowed."""
+    assert not re.search(r"event\s*(=~|!=|!~)", expr), f"use exact event= matchers: {expr}"
+    return set(re.findall(r'event\s*=\s*"([^"]+)"', expr))
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in ALERTS.glob("*.yaml")))
+def test_every_rule_file_is_well_formed(name):
+    """Prometheus-style rule groups: alert, expr, labels.severity, a summary."""
+    found = rules(name)
+    assert found
+    for rule in found:
+        assert re.match(r"^Portunus[A-Za-z]+$", rule["alert"])
+        assert rule["expr"].strip()
+        assert rule["labels"]["severity"] in ("critical", "warning", "info")
+        assert rule["annotations"]["summary"]
+    assert len({r["alert"] for r in found}) == len(found)
+
+
+def test_every_event_the_log_rules_name_is_in_the_catalogue():
+    """A renamed event cannot silently disable an alert."""
+    named = set().union(*(events_named(r["expr"]) for r in rules("loki-rules.yaml")))
+    assert named and named <= catalogue(), named - catalogue()
+
+
+def test_the_log_rules_cover_the_events_the_issue_requires():
+    """Store in use, schema too new, unsupported filesystem, failed backup."""
+    named = set().union(*(events_named(r["expr"]) for r in rules("loki-rules.yaml")))
+    assert named >= MUST_ALERT_ON
+
+
+def test_every_metric_the_prometheus_rules_name_is_written_by_the_code():
+    """Metric names come from portunus.metrics_textfile.METRICS."""
+    exprs = " ".join(r["expr"] for r in rules("prometheus-rules.yaml"))
+    used = set(re.findall(r"\bportunus_[a-z_]+", exprs))
+    assert used and used <= set(METRICS), used - set(METRICS)
+
+
+def test_a_backup_older_than_26_hours_alerts():
+    """time() - last success > 26 h, on the metric backups write."""
+    (rule,) = [
+        r
+        for r in rules("prometheus-rules.yaml")
+        if "portunus_backup_last_success_timestamp_seconds" in r["expr"] and "time()" in r["expr"]
+    ]
+    threshold = re.search(r">\s*(\d+)\s*\*\s*3600", rule["expr"])
+    assert threshold and int(threshold[1]) == 26
+
+
+def test_the_event_extractor_finds_matchers(tmp_path: Path):
+    """Guard against an extractor that silently finds nothing."""
+    assert events_named('{unit="x"} | logfmt | event="backup.failed" [5m]') == {"backup.failed"}
+    with pytest.raises(AssertionError):
+        events_named('{unit="x"} | logfmt | event=~"backup.*"')

@@ -13,6 +13,7 @@ its final name, which is never replaced.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +44,7 @@ BACKUP_PREFIX = "portunus-state-"
 TEMP_PREFIX = ".portunus-backup-"
 STEP_PAGES = 4096  # 16 MiB at 4 KiB pages: progress every fraction of a second
 VERIFY_LEVELS = ("none", "quick", "full")
+BACKGROUND_NICE = 10  # verification yields the cores to a server on the same machine
 NAME_ATTEMPTS = 100  # fresh names tried when concurrent backups share a directory
 
 Progress = Callable[[int, int], None]
@@ -103,10 +105,11 @@ def backup(
     source = _checked_source(data_dir)
     final, named_here = _destination(out)
     tmp = _create_temp(final.parent)
+    checkpoint = _SourceCheckpoint(source)
     try:
-        copied = _copy(source, tmp, progress)
+        copied = _copy(source, tmp, progress, on_snapshot_released=checkpoint.start)
         copy_seconds = time.monotonic() - started
-        digest, size = _verify_and_hash(tmp, verify, source)
+        digest, size = _verify_and_hash(tmp, verify)
         verify_seconds = time.monotonic() - started - copy_seconds
         final, sidecar = _publish(tmp, final, digest if checksum else None, named_here)
     except BaseException as exc:
@@ -114,6 +117,8 @@ def backup(
         if isinstance(exc, apsw.Error | OSError):
             raise _io_error(exc, final) from exc
         raise
+    finally:
+        checkpoint.finish()
     result = BackupResult(
         final,
         sidecar,
@@ -193,7 +198,9 @@ def _create_temp(directory: Path) -> Path:
         raise _io_error(exc, directory) from exc
 
 
-def _copy(source: Path, tmp: Path, progress: Progress | None) -> _Copy:
+def _copy(
+    source: Path, tmp: Path, progress: Progress | None, on_snapshot_released: Callable[[], None]
+) -> _Copy:
     src = dst = None
     try:
         src = open_readonly(source)
@@ -208,6 +215,7 @@ def _copy(source: Path, tmp: Path, progress: Progress | None) -> _Copy:
         dst.execute("PRAGMA synchronous=OFF")
         pages, restarts = _step_until_done(dst, src, progress)
         src.execute("COMMIT")
+        on_snapshot_released()
         close_quietly(src)
         src = None
         # The copied header says WAL; a standalone artefact needs no -wal.
@@ -239,45 +247,83 @@ def _step_until_done(dst: apsw.Connection, src: apsw.Connection, progress: Progr
                 return step.page_count, restarts
 
 
-def _verify_and_hash(tmp: Path, level: str, source: Path) -> tuple[str, int]:
-    """Integrity check and sha256 side by side: two cores, one pass each.
-
-    Meanwhile the source's WAL, grown while the snapshot was held, is
-    checkpointed here rather than by the server's next commit, which would
-    otherwise stall for the whole checkpoint.
-    """
-    with ThreadPoolExecutor(max_workers=3) as pool:
+def _verify_and_hash(tmp: Path, level: str) -> tuple[str, int]:
+    """Integrity check, sha256 and fsync side by side: each reads or flushes
+    the file once, on two cores. They run at a lower CPU priority: the
+    snapshot is already released, so a slower check costs nothing, while a
+    server on the same machine keeps its share of the cores."""
+    with ThreadPoolExecutor(max_workers=3, initializer=lower_thread_priority) as pool:
         checked = pool.submit(artefact.check_integrity, tmp, level, event="backup.verify_failed")
         hashed = pool.submit(sha256_file, tmp)
-        pool.submit(_checkpoint_source, source)
+        flushed = pool.submit(durable.fsync_path, tmp)
         checked.result()
-        digest, size = hashed.result()
-    durable.fsync_path(tmp)
-    return digest, size
+        flushed.result()
+        return hashed.result()
 
 
-def _checkpoint_source(source: Path) -> None:
-    """PASSIVE checkpoint of the live store: never blocks its writers, and a
-    writer's own auto-checkpoint skips while this one runs. Best effort: a
-    backup run by a user who may only read the store simply skips it."""
-    conn = None
+def lower_thread_priority(increment: int = BACKGROUND_NICE) -> None:
+    """Renice the calling thread (on Linux nice is per thread, and threads it
+    starts inherit it). Best effort: elsewhere, or when refused, a no-op."""
     try:
-        conn = apsw.Connection(str(source), flags=apsw.SQLITE_OPEN_READWRITE)
-        busy, wal_frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
-        log.debug(
-            "backup.source_checkpointed",
-            msg="checkpointed the live store's WAL",
-            wal_frames=wal_frames,
-            checkpointed=done,
-        )
-    except apsw.Error as exc:
-        log.debug(
-            "backup.source_checkpoint_skipped",
-            msg="could not checkpoint the live store",
-            error=str(exc),
-        )
-    finally:
-        close_quietly(conn)
+        tid = threading.get_native_id()
+        current = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(current + increment, 19))
+    except (AttributeError, OSError):
+        pass
+
+
+class _SourceCheckpoint:
+    """Checkpoints the live store's WAL the moment the snapshot is released.
+
+    Holding the snapshot let the WAL grow (hundreds of MiB under a busy
+    writer); left alone, the server's next commit would cross the
+    auto-checkpoint threshold and stall for the whole checkpoint. A PASSIVE
+    checkpoint started first never blocks writers, and their own
+    auto-checkpoint skips while it runs. Best effort: a backup with
+    read-only access to the store skips it.
+    """
+
+    def __init__(self, source: Path) -> None:
+        self._thread: threading.Thread | None = None
+        try:
+            # Opened before the snapshot is released, so nothing delays the start.
+            self._conn: apsw.Connection | None = apsw.Connection(
+                str(source), flags=apsw.SQLITE_OPEN_READWRITE
+            )
+        except apsw.Error as exc:
+            self._conn = None
+            _log_checkpoint_skipped(exc)
+
+    def start(self) -> None:
+        if self._conn is not None:
+            self._thread = threading.Thread(target=self._run, name="portunus-checkpoint")
+            self._thread.start()
+
+    def finish(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+        close_quietly(self._conn)
+        self._conn = None
+
+    def _run(self) -> None:
+        try:
+            _, wal_frames, done = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+            log.debug(
+                "backup.source_checkpointed",
+                msg="checkpointed the live store's WAL",
+                wal_frames=wal_frames,
+                checkpointed=done,
+            )
+        except apsw.Error as exc:
+            _log_checkpoint_skipped(exc)
+
+
+def _log_checkpoint_skipped(exc: apsw.Error) -> None:
+    log.debug(
+        "backup.source_checkpoint_skipped",
+        msg="could not checkpoint the live store",
+        error=str(exc),
+    )
 
 
 def _publish(

@@ -11,7 +11,6 @@ pool, so a slow query never stalls the loop either.
 from __future__ import annotations
 
 import asyncio
-import os
 import queue
 import threading
 from collections.abc import Callable
@@ -23,13 +22,13 @@ import apsw
 import structlog
 
 from portunus.datadir import DataDir
+from portunus.engine.backup import lower_thread_priority
 from portunus.store.connection import close_quietly, open_readonly
 
 log = structlog.get_logger()
 
 T = TypeVar("T")
 READ_THREADS = 4
-BACKUP_NICE = 10
 _STOP = object()
 
 
@@ -130,16 +129,6 @@ class Readers:
         return conn
 
 
-def _yield_cpu_to_serving() -> None:
-    """Lower this thread's CPU priority (Linux: nice is per thread, and the
-    engine's verify and hash threads inherit it): an online backup takes
-    what the requests leave, instead of halving the writes on two cores."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKUP_NICE)
-    except (AttributeError, OSError):
-        pass  # not Linux, or not allowed: the backup runs at normal priority
-
-
 class ServerStore:
     """The store as the server uses it; opened by the start-up sequence
     (which holds the lock and ran the schema handshake), started and closed
@@ -152,7 +141,7 @@ class ServerStore:
         self.writer = Writer(conn)
         self.readers = Readers(data_dir.state_db)
         self._backups = ThreadPoolExecutor(
-            1, thread_name_prefix="portunus-backup", initializer=_yield_cpu_to_serving
+            1, thread_name_prefix="portunus-backup", initializer=lower_thread_priority
         )
         self._started = False
 

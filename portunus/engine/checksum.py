@@ -55,3 +55,15 @@ def read_sidecar(artefact: Path, *, event: str) -> str | None:
             path=str(path),
         )
     return match[1].lower()
+
+
+def ensure_matches(artefact: Path, expected: str | None, digest: str, *, event: str) -> None:
+    """Exit 7 when a sidecar was present and the bytes' digest differs."""
+    if expected is not None and expected != digest:
+        raise NotAStateDatabase(
+            f"{artefact} does not match its checksum sidecar "
+            f"(sha256 {digest}, expected {expected})",
+            event=event,
+            hint="the file was damaged in transit or storage; use another copy",
+            path=str(artefact),
+        )

@@ -17,7 +17,7 @@ import structlog
 
 from portunus.datadir import DataDir
 from portunus.engine import artefact, durable
-from portunus.engine.checksum import CHUNK, read_sidecar
+from portunus.engine.checksum import CHUNK, ensure_matches, read_sidecar
 from portunus.errors import NotAStateDatabase, PortunusError, StorageIOError, WouldOverwrite
 from portunus.store import migrations
 from portunus.store.connection import close_quietly, open_standalone, open_store
@@ -104,13 +104,7 @@ def _refuse_live_wal(source: Path) -> None:
 def _stage_and_check(source: Path, staged: Path, data_dir: DataDir, existed: bool):
     expected = read_sidecar(source, event="restore.checksum_mismatch")
     digest, size = _copy_hashing(source, staged)
-    if expected is not None and expected != digest:
-        raise NotAStateDatabase(
-            f"{source} does not match its checksum sidecar (sha256 {digest}, expected {expected})",
-            event="restore.checksum_mismatch",
-            hint="the file was damaged in transit or storage; use another copy",
-            path=str(source),
-        )
+    ensure_matches(source, expected, digest, event="restore.checksum_mismatch")
     before, after = _check_and_migrate(staged)
     durable.fsync_path(staged)
     return RestoreResult(

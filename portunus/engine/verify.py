@@ -9,7 +9,7 @@ import apsw
 import structlog
 
 from portunus.engine import artefact
-from portunus.engine.checksum import read_sidecar, sha256_file
+from portunus.engine.checksum import ensure_matches, read_sidecar, sha256_file
 from portunus.errors import NotAStateDatabase
 from portunus.store import migrations
 from portunus.store.connection import open_artefact
@@ -53,13 +53,7 @@ def verify(path: Path) -> VerifyResult:
     )
     expected = read_sidecar(path, event="verify.checksum_mismatch")
     digest, size = sha256_file(path)
-    if expected is not None and expected != digest:
-        raise NotAStateDatabase(
-            f"{path} does not match its checksum sidecar (sha256 {digest}, expected {expected})",
-            event="verify.checksum_mismatch",
-            hint="the file was damaged in transit or storage; use another copy",
-            path=str(path),
-        )
+    ensure_matches(path, expected, digest, event="verify.checksum_mismatch")
     version, rows = _inspect(path)
     result = VerifyResult(
         path,

@@ -40,8 +40,10 @@ def lint(c):
     }
 )
 def bench(c, size_mib=None, workdir="bench/work", quick=False, repeat=None, cap=None, api=False):
-    """Development: backup/restore benchmarks side by side with cp, sqlite3 .backup,
-    VACUUM INTO; prints a table (see docs/performance.md)."""
+    """Development: backup, restore, API and prune benchmarks (docs/performance.md).
+
+    Backup/restore side by side with cp + fsync, sqlite3 .backup and VACUUM INTO;
+    --api for the HTTPS API under wrk; prints tables, keeps raw JSON lines."""
     if api:
         size = f" --size-mib {size_mib}" if size_mib else ""
         quick_api = " --quick" if quick else ""

@@ -76,7 +76,10 @@ def restore(data_dir: DataDir, source: Path, *, force: bool = False) -> RestoreR
                 path=str(data_dir.state_db),
             )
         _sweep_stale_stages(data_dir)
-        staged = durable.create_exclusive(data_dir.path, STAGE_PREFIX, ".db")
+        try:
+            staged = durable.create_exclusive(data_dir.path, STAGE_PREFIX, ".db")
+        except OSError as exc:
+            raise _io_error(exc, source) from exc
         try:
             result = _stage_and_check(source, staged, data_dir, existed)
             _swap_in(staged, data_dir)

@@ -209,6 +209,13 @@ def _copy(
         src.execute("BEGIN")
         version = migrations.stored_schema_version(src, source)
         migrations.refuse_if_too_new(version, source)
+        log.info(
+            "startup.store_opened",
+            msg="store open for an online backup (read-only snapshot)",
+            path=str(source),
+            schema_version=version,
+            mode="read-only",
+        )
         dst = apsw.Connection(str(tmp))
         # The temp file is ours alone until published; we fsync it ourselves.
         dst.execute("PRAGMA journal_mode=OFF")

@@ -5,7 +5,8 @@ Writes are serialized on one thread that owns the read-write connection
 (datasette's model): each runs in ``BEGIN IMMEDIATE`` and commits with its
 audit row, so no two writes contend for SQLite's lock and the event loop
 never waits on it. Reads run on read-only connections in a small thread
-pool, so a slow query never stalls the loop either.
+pool, so a slow query never stalls the loop either. Checkpoints run on a
+thread of their own (:class:`Checkpointer`), so no commit ever pays for one.
 """
 
 from __future__ import annotations
@@ -23,20 +24,33 @@ import structlog
 
 from portunus.datadir import DataDir
 from portunus.engine.backup import lower_thread_priority
-from portunus.store.connection import close_quietly, open_readonly
+from portunus.store.connection import close_quietly, open_readonly, open_store
 
 log = structlog.get_logger()
 
 T = TypeVar("T")
 READ_THREADS = 4
 _STOP = object()
+CHECKPOINT_PAGES = 1000  # SQLite's own auto-checkpoint threshold (4 MiB at 4 KiB pages)
+CHECKPOINT_GAP_SECONDS = 0.1  # at most ten futile attempts a second
+# On the first commit after a complete checkpoint, SQLite truncates a WAL
+# that grew past this (say while a backup held its snapshot) back to it.
+WAL_SIZE_LIMIT_BYTES = 16 * 2**20
+# Past this, under writes that never pause, the writer finishes the
+# checkpointer's work itself between two transactions (see Checkpointer).
+CATCH_UP_PAGES = 4 * CHECKPOINT_PAGES
 
 
 class Writer:
     """A thread that runs each submitted function in its own transaction."""
 
-    def __init__(self, conn: apsw.Connection) -> None:
+    def __init__(
+        self,
+        conn: apsw.Connection,
+        after_commit: Callable[[apsw.Connection], None] | None = None,
+    ) -> None:
         self._conn = conn
+        self._after_commit = after_commit
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name="portunus-writer", daemon=True)
         self._accepting = False
@@ -90,6 +104,150 @@ class Writer:
         else:
             self.committed += 1
             future.set_result(result)
+            if self._after_commit:
+                self._after_commit(conn)
+
+
+class Checkpointer:
+    """Folds the WAL into the database on a thread and connection of its own.
+
+    With SQLite's auto-checkpoint, the commit that crosses the threshold runs
+    the checkpoint itself; while a backup holds a snapshot, *every* commit
+    retries one that cannot get past the backup's read mark, after sorting
+    the whole WAL. Here the writer's connection never checkpoints: a WAL hook
+    (which replaces auto-checkpoint) wakes this thread once the WAL holds
+    ``threshold`` pages, and it runs a PASSIVE checkpoint, which never blocks
+    the writer; after an attempt a reader held back it pauses ``gap``
+    seconds, so futile attempts are rate-limited.
+
+    A checkpoint from another connection only ever reaches the frames that
+    existed when it began; under writes that never pause it never catches
+    up, and SQLite starts the WAL over only once every frame is in the
+    database. So when a checkpoint got all it could while the WAL has passed
+    ``CATCH_UP_PAGES``, :meth:`catch_up`, called by the writer between two
+    transactions, checkpoints the (at most ``CATCH_UP_PAGES``) frames
+    committed meanwhile: bounded work, never while a backup's snapshot holds
+    the checkpoint back. Should the writer fall idle first, the thread takes
+    that turn back.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        threshold: int = CHECKPOINT_PAGES,
+        gap: float = CHECKPOINT_GAP_SECONDS,
+    ) -> None:
+        self._path = path
+        self._threshold = threshold
+        self._gap = gap
+        self._due = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(
+            target=self._serve, name="portunus-checkpointer", daemon=True
+        )
+        self._conn: apsw.Connection | None = None
+        self.attempts = 0
+        self.completed = 0
+        self.wal_pages = 0  # as of the writer's last commit
+        self.last_checkpoint: tuple[int, int] | None = None  # (WAL pages, pages backfilled)
+        self.catch_ups = 0
+        self._catch_up_due = False
+
+    def watch(self, writer_conn: apsw.Connection) -> None:
+        """Turn the writer's auto-checkpoint off and wake this thread instead."""
+        writer_conn.execute("PRAGMA wal_autocheckpoint=0")
+        writer_conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
+        # Set after the pragma: sqlite3_wal_autocheckpoint() replaces any WAL hook.
+        writer_conn.set_wal_hook(self._after_commit)
+
+    def start(self) -> None:
+        self._conn = open_store(self._path)
+        self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self) -> None:
+        """End the thread (an attempt in progress finishes first); idempotent."""
+        self._stopping.set()
+        self._due.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        close_quietly(self._conn)
+        self._conn = None
+
+    def catch_up(self, writer_conn: apsw.Connection) -> None:
+        """On the writer's thread, outside any transaction: checkpoint the
+        frames committed since the last complete background checkpoint."""
+        if not self._catch_up_due:
+            return
+        self._catch_up_due = False
+        self.catch_ups += 1
+        try:
+            writer_conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except apsw.BusyError:
+            pass  # the thread (or a backup) is checkpointing: it will come round again
+        except apsw.Error as exc:
+            # Never let a failed checkpoint take the writer thread down.
+            _log_checkpoint_failed(exc)
+
+    def _after_commit(self, conn: apsw.Connection, dbname: str, wal_pages: int) -> int:
+        self.wal_pages = wal_pages
+        if wal_pages >= self._threshold:
+            self._due.set()
+        return apsw.SQLITE_OK
+
+    def _serve(self) -> None:
+        while True:
+            self._due.wait()
+            if self._stopping.is_set():
+                return
+            self._due.clear()
+            progressed = self._checkpoint()
+            if self._catch_up_due:
+                # The writer's turn, at its next commit (leave it the locks);
+                # should it be idle by then, take the turn back.
+                if self._stopping.wait(self._gap):
+                    return
+                if self._catch_up_due:
+                    self._catch_up_due = False
+                    self._due.set()
+            # Rate limit the futile attempts: while a backup holds its
+            # snapshot, each one re-sorts a WAL that only grows. After one
+            # that made progress, the next may go at once, to shrink the lag.
+            elif not progressed and self._stopping.wait(self._gap):
+                return
+
+    def _checkpoint(self) -> bool:
+        """One PASSIVE checkpoint; whether it got every frame it could see."""
+        self.attempts += 1
+        try:
+            busy, wal_pages, moved = self._conn.execute(
+                "PRAGMA wal_checkpoint(PASSIVE)"
+            ).fetchall()[0]
+        except apsw.BusyError:
+            return False  # another checkpointer (a backup's) is at it: fine
+        except apsw.Error as exc:
+            _log_checkpoint_failed(exc)
+            return False
+        self.last_checkpoint = (wal_pages, moved)
+        if busy or moved < wal_pages:
+            return False
+        self.completed += 1
+        # The writer went on committing meanwhile, so the WAL cannot start
+        # over; once few enough frames are left, the writer finishes the job.
+        lag = self.wal_pages - wal_pages
+        self._catch_up_due = self.wal_pages >= CATCH_UP_PAGES and 0 < lag <= CATCH_UP_PAGES
+        return True
+
+
+def _log_checkpoint_failed(exc: apsw.Error) -> None:
+    log.debug(
+        "server.wal_checkpoint_failed",
+        msg="a WAL checkpoint failed; the next one retries",
+        error=str(exc),
+    )
 
 
 class Readers:
@@ -138,7 +296,9 @@ class ServerStore:
         self.data_dir = data_dir
         self.schema_version = schema_version
         self._conn: apsw.Connection | None = conn
-        self.writer = Writer(conn)
+        self.checkpointer = Checkpointer(data_dir.state_db)
+        self.checkpointer.watch(conn)
+        self.writer = Writer(conn, after_commit=self.checkpointer.catch_up)
         self.readers = Readers(data_dir.state_db)
         self._backups = ThreadPoolExecutor(
             1, thread_name_prefix="portunus-backup", initializer=lower_thread_priority
@@ -152,6 +312,7 @@ class ServerStore:
     def start(self) -> None:
         if not self._started:
             self.writer.start()
+            self.checkpointer.start()
             self._started = True
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
@@ -174,6 +335,7 @@ class ServerStore:
         self._backups.shutdown(wait=True)
         self.readers.close()
         self.writer.stop()
+        self.checkpointer.stop()
         conn, self._conn = self._conn, None
         try:
             busy, wal_pages, moved = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()[0]

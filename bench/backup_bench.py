@@ -1,5 +1,6 @@
 """Backup/restore benchmark of portunus-server, side by side with cp + fsync,
-sqlite3 .backup and VACUUM INTO: idle, under a concurrent writer, and restore.
+sqlite3 .backup and VACUUM INTO: idle, under a concurrent writer (checkpointing
+as any SQLite program does, then as portunus-server does), and restore.
 
     python -m bench.backup_bench                    # 1 GiB store, ~10 minutes
     python -m bench.backup_bench --quick            # 64 MiB, about a minute: checks the harness
@@ -201,10 +202,16 @@ def _sqlite_sidecars(db: Path) -> list[Path]:
 
 def under_writer(s: Settings, wd: Workdir, rec: Recorder, pristine: Path) -> None:
     """Each approach backs up a store another process keeps writing to, once
-    rate-limited and once as fast as it can. An approach that hits the cap is
-    not repeated at that rate: it would only hit it again."""
-    for rate_name, rate in ((f"{s.rate}/s", s.rate), ("max", 0)):
-        for approach in report.LOAD_ORDER:
+    rate-limited and once as fast as it can; then the backup alone against a
+    max-rate writer that checkpoints as the server does. An approach that
+    hits the cap is not repeated at that rate: it would only hit it again."""
+    writers = (
+        (f"{s.rate}/s", s.rate, report.LOAD_ORDER),
+        ("max", 0, report.LOAD_ORDER),
+        (report.SERVER_LIKE, 0, report.SERVER_LIKE_ORDER),
+    )
+    for rate_name, rate, approaches in writers:
+        for approach in approaches:
             for rep in range(1, s.repeat + 1):
                 r = rec.add(_one_under_writer(s, wd, pristine, approach, rate, rate_name, rep))
                 during, before = r["writer_during"], r["writer_baseline"]
@@ -224,7 +231,8 @@ def _one_under_writer(
     dst = wd.out / "copy.db"
     _clear(dst)
     settle()
-    writer = Writer(wd.live_db, rate, wd.writer_log)
+    server_like = rate_name == report.SERVER_LIKE
+    writer = Writer(wd.live_db, rate, wd.writer_log, server_like)
     try:
         time.sleep(s.warmup + s.baseline)
         cmds, cap = _load_commands(approach, wd, dst, s.cap)
@@ -242,9 +250,11 @@ def _one_under_writer(
         rep,
         m,
         rate=rate_name,
+        server_like_writer=server_like,
         writer_baseline=baseline.as_dict(),
         writer_during=during.as_dict(),
         writer_busy_errors=log.busy_errors,
+        writer_checkpoints=log.checkpoints,
         peak_wal_mib=m.peak_watched_mib,
     )
     if approach == "portunus_backup" and record.get("engine"):

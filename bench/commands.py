@@ -79,7 +79,7 @@ def stepped_backup(src: Path, dst: Path, pages: int, cap: float) -> Commands:
     ]
 
 
-def writer(db: Path, rate: int, out: Path) -> list[str]:
+def writer(db: Path, rate: int, out: Path, server_like: bool = False) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -90,4 +90,5 @@ def writer(db: Path, rate: int, out: Path) -> list[str]:
         str(rate),
         "--out",
         str(out),
+        *(["--server-like"] if server_like else []),
     ]

@@ -2,7 +2,14 @@
 per transaction (WAL, synchronous=NORMAL), as the server does, timing each
 commit. Rate-limited, or as fast as it can (--rate 0).
 
-    python -m bench.writer --db STATE_DB --rate 500 --out FILE
+    python -m bench.writer --db STATE_DB --rate 500 --out FILE [--server-like]
+
+By default it checkpoints as any SQLite program does (auto-checkpoint, run
+by the commit that crosses 1000 pages): the honest comparison with the
+sqlite3 CLI. ``--server-like`` checkpoints as portunus-server does: no
+auto-checkpoint, a background thread running PASSIVE checkpoints, and the
+writer's catch-up between commits (the server's own
+:class:`~portunus.server.store.Checkpointer`).
 
 It runs until SIGTERM, then writes the start time and latency of every commit
 (CLOCK_MONOTONIC seconds, two float64 arrays) to FILE and a JSON summary to
@@ -27,6 +34,7 @@ import apsw
 
 from bench import commands
 from bench.measure import kill_process_group, now
+from portunus.server.store import Checkpointer
 
 INSERT = (
     "INSERT INTO audit_log (at, actor, action, resource, details) "
@@ -54,12 +62,16 @@ class _Stop:
         self.requested = True
 
 
-def commit_until_stopped(db: str, rate: float, out: str) -> None:
+def commit_until_stopped(db: str, rate: float, out: str, server_like: bool = False) -> None:
     stop = _Stop()
     conn = apsw.Connection(db)
     conn.setbusytimeout(5000)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
+    checkpointer = Checkpointer(Path(db)) if server_like else None
+    if checkpointer:
+        checkpointer.watch(conn)
+        checkpointer.start()
     details = _details(random.Random(7))
     starts, latencies = array.array("d"), array.array("d")
     errors = 0
@@ -77,10 +89,22 @@ def commit_until_stopped(db: str, rate: float, out: str) -> None:
         except (apsw.BusyError, apsw.LockedError):
             errors += 1
             continue
+        if checkpointer:
+            # As the server's writer thread does before its next write; timed
+            # with this commit, since it delays the next one.
+            checkpointer.catch_up(conn)
         starts.append(began)
         latencies.append(now() - began)
+    checkpoints = None
+    if checkpointer:
+        checkpointer.stop()
+        checkpoints = {
+            "attempts": checkpointer.attempts,
+            "completed": checkpointer.completed,
+            "catch_ups": checkpointer.catch_ups,
+        }
     conn.close()
-    _dump(out, starts, latencies, errors)
+    _dump(out, starts, latencies, errors, checkpoints)
 
 
 def _pace(due: float, interval: float) -> float:
@@ -93,13 +117,20 @@ def _pace(due: float, interval: float) -> float:
     return due
 
 
-def _dump(out: str, starts: array.array, latencies: array.array, errors: int) -> None:
+def _dump(
+    out: str,
+    starts: array.array,
+    latencies: array.array,
+    errors: int,
+    checkpoints: dict[str, int] | None,
+) -> None:
     with open(out, "wb") as f:
         f.write(len(starts).to_bytes(8, "little"))
         starts.tofile(f)
         latencies.tofile(f)
     with open(out + ".json", "w") as f:
-        json.dump({"commits": len(starts), "busy_errors": errors}, f)
+        summary = {"commits": len(starts), "busy_errors": errors, "checkpoints": checkpoints}
+        json.dump(summary, f)
 
 
 # ---------------------------------------------------------------- the parent
@@ -130,6 +161,7 @@ class WriterLog:
     starts: array.array
     latencies: array.array
     busy_errors: int
+    checkpoints: dict[str, int] | None  # the background checkpointer's attempts, if it ran
 
     def window(self, start: float, end: float) -> Window:
         lo = bisect.bisect_left(self.starts, start)
@@ -151,10 +183,10 @@ class WriterLog:
 class Writer:
     """The writer child process, started and stopped by the benchmark."""
 
-    def __init__(self, db: Path, rate: int, out: Path) -> None:
+    def __init__(self, db: Path, rate: int, out: Path, server_like: bool = False) -> None:
         self.out = out
         self.proc = subprocess.Popen(
-            commands.writer(db, rate, out),
+            commands.writer(db, rate, out, server_like),
             stdout=subprocess.PIPE,
             text=True,
             start_new_session=True,
@@ -175,7 +207,7 @@ class Writer:
             starts.fromfile(f, count)
             latencies.fromfile(f, count)
         summary = json.loads(Path(f"{self.out}.json").read_text())
-        return WriterLog(starts, latencies, summary["busy_errors"])
+        return WriterLog(starts, latencies, summary["busy_errors"], summary["checkpoints"])
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -189,8 +221,13 @@ def main() -> int:
     parser.add_argument("--db", required=True)
     parser.add_argument("--rate", type=float, default=0, help="commits/s; 0 = as fast as it can")
     parser.add_argument("--out", required=True)
+    parser.add_argument(
+        "--server-like",
+        action="store_true",
+        help="no auto-checkpoint; a background checkpointer thread, as in the server",
+    )
     args = parser.parse_args()
-    commit_until_stopped(args.db, args.rate, args.out)
+    commit_until_stopped(args.db, args.rate, args.out, args.server_like)
     return 0
 
 

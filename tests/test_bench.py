@@ -63,7 +63,7 @@ def test_quick_run_prints_every_section_and_approach(quick_run):
     for label in LABELS.values():
         assert label in table
     assert "copy phase alone (JSON `copy_seconds`)" in table
-    for rate in ("| 500/s |", "| max |"):
+    for rate in ("| 500/s |", "| max |", "| max, server-like |"):
         assert rate in table
 
 
@@ -78,6 +78,18 @@ def test_quick_run_keeps_one_json_line_per_measured_run(quick_run):
         assert r["wall_s"] > 0
         if r["phase"] == "load":
             assert r["writer_baseline"]["commits"] > 0 and r["writer_during"]["commits"] > 0
+
+
+def test_quick_run_backs_up_under_a_writer_that_checkpoints_like_the_server(quick_run):
+    """The server-like rows ran a writer whose background checkpointer did checkpoint."""
+    _, _, _, records = quick_run
+    server_like = [r for r in records if r.get("rate") == "max, server-like"]
+    assert [r["approach"] for r in server_like] == ["portunus_backup"]
+    for r in server_like:
+        assert r["server_like_writer"] and r["completed"]
+        assert r["writer_checkpoints"]["completed"] > 0, r["writer_checkpoints"]
+    generic = [r for r in records if r.get("phase") == "load" and r not in server_like]
+    assert generic and all(r["writer_checkpoints"] is None for r in generic)
 
 
 def test_quick_run_copies_and_restores_whole_stores(quick_run):

@@ -52,3 +52,17 @@ def cli(env: dict[str, str]):
         return support.run_cli(*args, env=kwargs.pop("env", env), **kwargs)
 
     return run
+
+
+@pytest.fixture
+def server_store(store: DataDir):
+    """The running server's hold on a populated store (writer, readers,
+    checkpointer), in-process; closed after the test."""
+    from portunus.server.store import ServerStore
+    from portunus.store.live import open_live_store
+
+    conn, handshake = open_live_store(store)
+    opened = ServerStore(store, conn, handshake.to_version)
+    opened.start()
+    yield opened
+    opened.close()

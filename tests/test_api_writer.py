@@ -9,19 +9,10 @@ import threading
 import apsw
 import pytest
 
-from portunus.server.store import ServerStore, Writer
+from portunus.server.store import Writer
 from portunus.store import audit
 from portunus.store.live import open_live_store
 from tests.support import table_counts
-
-
-@pytest.fixture
-def server_store(store):
-    conn, handshake = open_live_store(store)
-    opened = ServerStore(store, conn, handshake.to_version)
-    opened.start()
-    yield opened
-    opened.close()
 
 
 def insert_client(conn: apsw.Connection, name: str) -> int:

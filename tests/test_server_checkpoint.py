@@ -18,19 +18,9 @@ from portunus.server.store import (
     ServerStore,
 )
 from portunus.store.connection import open_readonly
-from portunus.store.live import open_live_store
 
 PAD_BYTES = 100_000  # hex-encoded: about 50 WAL pages a commit
 POLL_LIMIT_SECONDS = 60.0  # a hang guard for waiting on the thread, never a measurement
-
-
-@pytest.fixture
-def server_store(store):
-    conn, handshake = open_live_store(store)
-    opened = ServerStore(store, conn, handshake.to_version)
-    opened.start()
-    yield opened
-    opened.close()
 
 
 def append_padded_row(conn: apsw.Connection) -> None:

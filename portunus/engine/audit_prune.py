@@ -14,7 +14,6 @@ import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import apsw
 import structlog
@@ -23,7 +22,7 @@ from portunus.datadir import DataDir
 from portunus.errors import InputMissing, NotAStateDatabase, StorageIOError
 from portunus.store import audit, migrations
 from portunus.store.connection import close_quietly, open_store
-from portunus.store.sqlitefile import has_sqlite_header
+from portunus.store.sqlitefile import is_sqlite_file
 
 log = structlog.get_logger()
 
@@ -52,8 +51,8 @@ class AuditPruneResult:
 
 
 def to_stored_time(at: datetime) -> str:
-    """The audit log's own format (``audit.now_rfc3339``), so text order is time order."""
-    return at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """The audit log's own format, so text order is time order."""
+    return audit.stored_time(at)
 
 
 def cutoff_from_days(retain_days: int, now: datetime | None = None) -> datetime:
@@ -105,7 +104,7 @@ def _open(data_dir: DataDir) -> apsw.Connection:
             hint="check --data-dir (or data_dir in server.toml)",
             path=str(path),
         )
-    if not _is_sqlite_file(path):
+    if not is_sqlite_file(path):
         raise NotAStateDatabase(
             f"{path} is not a SQLite database (bad header, symlink or not a regular file)",
             event="startup.not_sqlite",
@@ -122,13 +121,6 @@ def _open(data_dir: DataDir) -> apsw.Connection:
         close_quietly(conn)
         raise
     return conn
-
-
-def _is_sqlite_file(path: Path) -> bool:
-    try:
-        return path.is_file() and not path.is_symlink() and has_sqlite_header(path)
-    except OSError:
-        return False
 
 
 def _matching(conn: apsw.Connection, cutoff: str) -> tuple[int, str | None]:

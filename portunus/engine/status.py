@@ -13,7 +13,6 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import quote
 
 import apsw
 
@@ -21,9 +20,9 @@ from portunus.datadir import DataDir, probe_filesystem
 from portunus.engine import retention
 from portunus.errors import PortunusError
 from portunus.store import migrations
-from portunus.store.connection import close_quietly
+from portunus.store.connection import close_quietly, open_artefact, open_readonly
 from portunus.store.lock import probe_holder
-from portunus.store.sqlitefile import has_sqlite_header
+from portunus.store.sqlitefile import is_sqlite_file
 
 
 @dataclass(frozen=True)
@@ -137,14 +136,11 @@ def _size(path: Path) -> int | None:
 
 def _schema_version(data_dir: DataDir, *, at_rest: bool) -> tuple[int | None, str | None]:
     path = data_dir.state_db
-    try:
-        if path.is_symlink() or not path.is_file() or not has_sqlite_header(path):
-            return None, "not a SQLite database (bad header, symlink or not a regular file)"
-    except OSError as exc:
-        return None, f"cannot read it: {exc.strerror}"
+    if not is_sqlite_file(path):
+        return None, "not a SQLite database (bad header, symlink, not a regular file, unreadable)"
     conn = None
     try:
-        conn = _open_for_reading(path, immutable=at_rest)
+        conn = open_artefact(path) if at_rest else open_readonly(path)
         return migrations.stored_schema_version(conn, path), None
     except PortunusError as exc:
         return None, exc.message
@@ -152,14 +148,6 @@ def _schema_version(data_dir: DataDir, *, at_rest: bool) -> tuple[int | None, st
         return None, f"cannot read it: {exc}"
     finally:
         close_quietly(conn)
-
-
-def _open_for_reading(path: Path, *, immutable: bool) -> apsw.Connection:
-    flags = apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI
-    uri = f"file:{quote(str(path))}" + ("?immutable=1" if immutable else "")
-    conn = apsw.Connection(uri, flags=flags)
-    conn.setbusytimeout(5000)
-    return conn
 
 
 def backups_status(backup_dir: Path | None, now: datetime) -> BackupsStatus:

@@ -18,4 +18,10 @@ def record(conn: apsw.Connection, actor: str, action: str, resource: str, **deta
 
 
 def now_rfc3339() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return stored_time(datetime.now(UTC))
+
+
+def stored_time(at: datetime) -> str:
+    """The one format of every stored timestamp: RFC3339 UTC, milliseconds,
+    ``Z``, so that text order is time order."""
+    return at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

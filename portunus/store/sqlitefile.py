@@ -28,6 +28,15 @@ def is_regular_file(path: Path) -> bool:
     return path.is_file() and not path.is_symlink()
 
 
+def is_sqlite_file(path: Path) -> bool:
+    """A regular file (not a symlink) starting with the SQLite header; False
+    when it cannot be read."""
+    try:
+        return is_regular_file(path) and has_sqlite_header(path)
+    except OSError:
+        return False
+
+
 def uses_wal_format(path: Path) -> bool:
     """True when the header's read/write versions say WAL (bytes 18-19 == 2)."""
     with open(path, "rb") as f:

@@ -62,6 +62,7 @@ def setup_store(app: Sanic) -> None:
     @app.before_server_start
     async def start_store(app: Sanic) -> None:
         app.ctx.store.start()
+        app.ctx.store.pin_loop_thread()
 
     @app.after_server_start
     async def announce(app: Sanic) -> None:

@@ -30,26 +30,24 @@ CACHE_LIMIT = 10_000
 
 
 class TokenCache:
-    """hash → Principal for tokens seen recently; ``invalidate()`` on any
-    deletion. A generation counter keeps a lookup that raced with a
-    deletion from putting a stale entry back."""
+    """hash → Principal for tokens seen recently; ``invalidate()`` after any
+    deletion commits. Lookups and invalidations both run on the event loop,
+    and a lookup reads the latest committed state, so a deleted token can
+    only be cached before its deletion commits, and is cleared right after."""
 
     def __init__(self) -> None:
         self._known: dict[bytes, Principal] = {}
         self._touched: dict[int, float] = {}
-        self.generation = 0
 
     def get(self, token_hash: bytes) -> Principal | None:
         return self._known.get(token_hash)
 
-    def put(self, token_hash: bytes, principal: Principal, generation: int) -> None:
-        if generation == self.generation:
-            if len(self._known) >= CACHE_LIMIT:
-                self._known.clear()
-            self._known[token_hash] = principal
+    def put(self, token_hash: bytes, principal: Principal) -> None:
+        if len(self._known) >= CACHE_LIMIT:
+            self._known.clear()
+        self._known[token_hash] = principal
 
     def invalidate(self) -> None:
-        self.generation += 1
         self._known.clear()
 
     def due_for_touch(self, principal: Principal) -> bool:
@@ -95,12 +93,11 @@ async def authenticate(request: Request, kind: str) -> Principal:
     token_hash = hash_token(token)
     principal = cache.get(token_hash)
     if principal is None:
-        generation = cache.generation
         lookup = clients.principal_for if kind == CLIENT else tokens.principal_for
-        principal = await app_ctx.store.read(lookup, token_hash)
+        principal = app_ctx.store.lookup(lookup, token_hash)
         if principal is None:
             _fail(request, "unknown_token")
-        cache.put(token_hash, principal, generation)
+        cache.put(token_hash, principal)
     if principal.kind == "operator" and cache.due_for_touch(principal):
         _touch_in_background(app_ctx.store, principal.id)
     return principal

@@ -4,14 +4,19 @@ read-only readers, a thread for online backups.
 Writes are serialized on one thread that owns the read-write connection
 (datasette's model): each runs in ``BEGIN IMMEDIATE`` and commits with its
 audit row, so no two writes contend for SQLite's lock and the event loop
-never waits on it. Reads run on read-only connections in a small thread
-pool, so a slow query never stalls the loop either. Checkpoints run on a
-thread of their own (:class:`Checkpointer`), so no commit ever pays for one.
+never waits on it. Reads use read-only connections, which in WAL mode
+never wait for the writer either: point lookups (a token, a rule or a
+client by its key: one statement, one row) run on the event loop's own
+connection, cheaper than a hop to a thread and back; reads whose cost grows
+with the data (lists, pages) run in a small thread pool, so a slow query
+never stalls the loop. Checkpoints run on a thread of their own
+(:class:`Checkpointer`), so no commit ever pays for one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import queue
 import threading
 from collections.abc import Callable
@@ -24,6 +29,7 @@ import structlog
 
 from portunus.datadir import DataDir
 from portunus.engine.backup import lower_thread_priority
+from portunus.server import affinity
 from portunus.store.connection import close_quietly, open_readonly, open_store
 
 log = structlog.get_logger()
@@ -48,9 +54,11 @@ class Writer:
         self,
         conn: apsw.Connection,
         after_commit: Callable[[apsw.Connection], None] | None = None,
+        thread_init: Callable[[], None] | None = None,
     ) -> None:
         self._conn = conn
         self._after_commit = after_commit
+        self._thread_init = thread_init
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name="portunus-writer", daemon=True)
         self._accepting = False
@@ -84,6 +92,8 @@ class Writer:
         self._thread.join()
 
     def _serve(self) -> None:
+        if self._thread_init:
+            self._thread_init()
         while (item := self._queue.get()) is not _STOP:
             fn, args, future = item
             if future.set_running_or_notify_cancel():
@@ -253,12 +263,19 @@ def _log_checkpoint_failed(exc: apsw.Error) -> None:
 class Readers:
     """Read-only connections, one per pool thread, each read in one snapshot."""
 
-    def __init__(self, path: Path, threads: int = READ_THREADS) -> None:
+    def __init__(
+        self,
+        path: Path,
+        threads: int = READ_THREADS,
+        thread_init: Callable[[], None] | None = None,
+    ) -> None:
         self._path = path
         self._local = threading.local()
         self._opened: list[apsw.Connection] = []
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="portunus-read")
+        self._pool = ThreadPoolExecutor(
+            threads, thread_name_prefix="portunus-read", initializer=thread_init
+        )
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
         return self._pool.submit(self._run_one, fn, args)
@@ -287,6 +304,14 @@ class Readers:
         return conn
 
 
+def _background_thread(unpinned: Callable[[], None]) -> Callable[[], None]:
+    def init() -> None:
+        unpinned()
+        lower_thread_priority()
+
+    return init
+
+
 class ServerStore:
     """The store as the server uses it; opened by the start-up sequence
     (which holds the lock and ran the schema handshake), started and closed
@@ -296,12 +321,22 @@ class ServerStore:
         self.data_dir = data_dir
         self.schema_version = schema_version
         self._conn: apsw.Connection | None = conn
+        # The loop and the writer share one CPU (see portunus.server.affinity);
+        # threads that work mostly outside the GIL keep them all.
+        every_cpu = affinity.allowed_cpus()
+        self._gil_cpu = affinity.one_cpu(every_cpu)
+        unpinned = functools.partial(affinity.pin_thread, every_cpu)
         self.checkpointer = Checkpointer(data_dir.state_db)
         self.checkpointer.watch(conn)
-        self.writer = Writer(conn, after_commit=self.checkpointer.catch_up)
-        self.readers = Readers(data_dir.state_db)
+        self.writer = Writer(
+            conn,
+            after_commit=self.checkpointer.catch_up,
+            thread_init=functools.partial(affinity.pin_thread, self._gil_cpu),
+        )
+        self.readers = Readers(data_dir.state_db, thread_init=unpinned)
+        self._lookups: apsw.Connection | None = None
         self._backups = ThreadPoolExecutor(
-            1, thread_name_prefix="portunus-backup", initializer=lower_thread_priority
+            1, thread_name_prefix="portunus-backup", initializer=_background_thread(unpinned)
         )
         self._started = False
 
@@ -311,13 +346,30 @@ class ServerStore:
 
     def start(self) -> None:
         if not self._started:
-            self.writer.start()
+            self._lookups = open_readonly(self.data_dir.state_db)
             self.checkpointer.start()
+            self.writer.start()
             self._started = True
+
+    def pin_loop_thread(self) -> None:
+        """Put the calling thread (the event loop's) on the writer's CPU.
+        Call it after :meth:`start`: threads inherit the affinity of the
+        thread that starts them."""
+        affinity.pin_thread(self._gil_cpu)
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` on the writer, in one transaction."""
         return await asyncio.wrap_future(self.writer.submit(fn, *args))
+
+    def lookup(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(conn, *args)``, a point lookup by key, on the loop's own
+        read-only connection.
+
+        Only for one statement returning at most a row (and its children):
+        one statement reads one snapshot, needs no transaction around it,
+        and takes tens of microseconds. Anything else goes through
+        :meth:`read`."""
+        return fn(self._lookups, *args)
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` on a read-only connection, in one snapshot."""
@@ -334,6 +386,8 @@ class ServerStore:
             return
         self._backups.shutdown(wait=True)
         self.readers.close()
+        close_quietly(self._lookups)
+        self._lookups = None
         self.writer.stop()
         self.checkpointer.stop()
         conn, self._conn = self._conn, None

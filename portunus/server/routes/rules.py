@@ -44,7 +44,7 @@ async def list_rules(request: Request) -> HTTPResponse:
 @requires(VIEWER)
 async def get_rule(request: Request, rule_id: str) -> HTTPResponse:
     ident = validate.resource_id(rule_id, "rule")
-    return json(await request.app.ctx.store.read(rules.get, ident))
+    return json(request.app.ctx.store.lookup(rules.get, ident))
 
 
 @bp.put("/v1/rules/<rule_id>")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.api_bench import parse_wrk, table
+from bench.api_bench import Load, parse_wrk, table
 
 WRK_REPORT = """\
 Running 10s test @ https://127.0.0.1:41537/v1/rules
@@ -38,3 +38,27 @@ def test_microsecond_latencies_are_converted_to_milliseconds():
     load = parse_wrk("hello", report, cpu_seconds=0.0)
     assert (load.p50_ms, load.p99_ms) == (0.723, 2420.0)
     assert "| hello | 1,644 | 0.723 | 2420.0 | 7 | 0 |" in table([load])
+
+
+def test_rounds_are_summarized_as_median_and_range_and_checked_against_the_goals():
+    """The goal table reads the medians, so one lucky round cannot meet a goal."""
+    from bench.api_bench import goals_table, summarize, summary_table
+
+    def load(name: str, rps: float) -> Load:
+        return Load(name, int(rps * 10), 10.0, rps, 1.0, 2.0, 7, 300.0)
+
+    writes, reads = "API: create rule (audited write)", "API: get rule by id (read)"
+    rounds = [
+        [load(writes, w), load(reads, r)] for w, r in ((2900, 4000), (3100, 5200), (3050, 4900))
+    ]
+    summary = summarize(rounds)
+    assert [s.median_rps for s in summary] == [3050, 4900]
+    assert "| API: create rule (audited write) | 3,050 | 2,900-3,100 | 21 |" in summary_table(
+        summary
+    )
+    during = load("writes during", 2000)
+    during.extra = {"vs_alone": 0.69}
+    goals = goals_table(summary, [during])
+    assert "| API: create rule (audited write), median req/s | 3,050 | 3,000 | yes |" in goals
+    assert "| API: get rule by id (read), median req/s | 4,900 | 5,000 | no |" in goals
+    assert "| writes during online backups / alone | 0.69 | 0.70 | no |" in goals

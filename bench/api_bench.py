@@ -109,6 +109,16 @@ class Process:
         with open(log, "w") as stderr:
             self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
 
+    def client_cpus(self) -> list[int]:
+        """The CPUs the server's event loop (its main thread) may not use:
+        where wrk runs, so that the kernel's wake-up affinity cannot put the
+        client on the server's CPU (on 2 cores it otherwise often does,
+        leaving the other idle and halving throughput at random)."""
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        allowed = next(line for line in status.splitlines() if line.startswith("Cpus_allowed_list"))
+        server = _cpu_list(allowed.split(":", 1)[1].strip())
+        return sorted(set(os.sched_getaffinity(0)) - server)
+
     def cpu_seconds(self) -> float:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -131,6 +141,14 @@ class Process:
         return self.proc.wait(timeout=120)
 
 
+def _cpu_list(text: str) -> set[int]:
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
 def start_portunus(data_dir: Path, work: Path, extra_config: str = "") -> tuple[Process, int]:
     port = free_port()
     config = work / f"server-{port}.toml"
@@ -151,9 +169,13 @@ def start_hello(cert: Path, key: Path, work: Path) -> tuple[Process, int]:
 
 def serve_hello(port: int, cert: str, key: str) -> None:
     """The baseline: sanic's smallest app, configured like ours (single
-    process, TLS, no access log, no banner)."""
+    process, its loop on one CPU, TLS, no access log, no banner)."""
     from sanic import Sanic, text
 
+    from portunus.server import affinity
+
+    # One CPU, as portunus pins its event loop (and the client runs elsewhere).
+    affinity.pin_thread(affinity.one_cpu(affinity.allowed_cpus()))
     app = Sanic("hello", configure_logging=False)
 
     @app.get("/")
@@ -184,6 +206,9 @@ def run_wrk(
     headers: dict[str, str] | None = None,
 ) -> Load:
     argv = ["wrk", "-t", str(args.threads), "-c", str(args.connections)]
+    client_cpus = server.client_cpus()
+    if client_cpus:
+        argv = ["taskset", "-c", ",".join(map(str, client_cpus)), *argv]
     argv += ["-d", f"{args.duration}s", "--latency", "--timeout", "30s"]
     for key, value in (headers or {}).items():
         argv += ["-H", f"{key}: {value}"]

@@ -553,8 +553,46 @@ def test_metrics_expose_requests_latency_store_schema_and_backup_age(api):
     assert buckets[-1] == int(count)
 
 
+def test_every_response_carries_a_request_id_counted_and_logged_when_refused(api):
+    """Successes, handler errors, auth refusals, unknown routes and oversize
+    bodies all get an X-Request-Id, a metrics sample, and (for 4xx) an
+    http.request line with that same id."""
+    responses = {
+        200: api.anonymous.get("/healthz"),
+        400: api.admin.post("/v1/rules", content=b"{not json"),
+        401: api.anonymous.get("/v1/rules"),
+        404: api.anonymous.get("/no/such/route"),
+        413: api.admin.post("/v1/rules", content=b"x" * (65 * 1024)),
+    }
+    ids = {}
+    for status, response in responses.items():
+        assert response.status_code == status, response.text
+        ids[status] = response.headers["x-request-id"]
+    assert len(set(ids.values())) == len(ids)
+    text = api.anonymous.get("/metrics").text
+    assert 'portunus_http_requests_total{route="unmatched",method="GET",status="404"}' in text
+    assert 'portunus_http_requests_total{route="/healthz",method="GET",status="200"}' in text
+    logged = {
+        e["request_id"]: e["status"] for e in api.server.events() if e["event"] == "http.request"
+    }
+    for status in (400, 401, 404, 413):
+        assert logged.get(ids[status]) == status
+    assert ids[200] not in logged  # successes are logged at debug only
+
+
 def test_no_request_in_this_module_was_a_500(api):
     """Whatever the tests above sent, the server logged no bug."""
     events = api.server.events()
     assert not [e for e in events if e["event"] in ("internal_error", "server.framework_log")]
     assert not [e for e in events if e["event"] == "http.request" and e["status"] >= 500]
+
+
+def test_every_route_is_wrapped_by_the_request_log():
+    """Routes added later cannot silently miss metrics and request ids."""
+    from portunus import config
+    from portunus.server.app import create_app
+
+    app = create_app(config.defaults(), None, url="https://127.0.0.1:7443")
+    routes = list(app.router.routes)
+    assert len(routes) >= 18
+    assert [r.path for r in routes if not getattr(r.handler, "observed", False)] == []

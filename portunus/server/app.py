@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import secrets
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 from sanic import Sanic
@@ -38,11 +41,11 @@ def create_app(settings: Settings, store: ServerStore, *, url: str) -> Sanic:
     app.ctx.url = url
     app.ctx.stopping = False
     setup_errors(app)
-    setup_request_log(app)
     setup_metrics(app)
     setup_store(app)
     for blueprint in BLUEPRINTS:
         app.blueprint(blueprint)
+    setup_request_log(app)  # last: it wraps every route registered above
     return app
 
 
@@ -84,34 +87,79 @@ def setup_store(app: Sanic) -> None:
 
 def setup_request_log(app: Sanic) -> None:
     """Per request: an id in the logs and the response, a metrics sample, and
-    an ``http.request`` line (debug when fine, info for 4xx, error for 5xx)."""
-    # Unique per server life, and cheaper than random bytes per request.
-    id_prefix = secrets.token_hex(3)
-    sequence = itertools.count(1)
-    # A debug call still costs a logger proxy per request; skip it unless shown.
-    log_successes = app.ctx.settings.get("log_level") == "debug"
+    an ``http.request`` line (debug when fine, info for 4xx, error for 5xx).
 
-    @app.on_request
-    async def start_clock(request: Request) -> None:
-        request.ctx.started = time.perf_counter()
-        request.ctx.request_id = f"{id_prefix}-{next(sequence):x}"
-        structlog.contextvars.bind_contextvars(request_id=request.ctx.request_id)
+    Not sanic middleware nor signal handlers: each of those costs sanic
+    extra signal dispatches per request, together about a fifth of a read's
+    CPU (measured: /healthz at ~130 µs of server CPU with them against ~75
+    µs without, a bare hello-world at ~70). Instead every route's handler is
+    wrapped (:func:`observe_routes`, after the blueprints are registered),
+    and the error handler finishes the requests that end in an error,
+    including those that never reached a handler (unknown route, oversize
+    body)."""
+    app.ctx.request_log = RequestLog(app)
+    observe_routes(app)
 
-    @app.on_response
-    async def record(request: Request, response: HTTPResponse) -> None:
-        started = getattr(request.ctx, "started", None)
-        seconds = time.perf_counter() - started if started is not None else 0.0
+
+class RequestLog:
+    def __init__(self, app: Sanic) -> None:
+        self._app = app
+        # Unique per server life, and cheaper than random bytes per request.
+        self._id_prefix = secrets.token_hex(3)
+        self._sequence = itertools.count(1)
+        # A debug call still costs a logger proxy per request; skip it unless shown.
+        self._log_successes = app.ctx.settings.get("log_level") == "debug"
+
+    def begin(self, request: Request) -> None:
+        ctx = request.ctx
+        ctx.started = time.perf_counter()
+        ctx.request_id = f"{self._id_prefix}-{next(self._sequence):x}"
+        structlog.contextvars.bind_contextvars(request_id=ctx.request_id)
+
+    def ensure_begun(self, request: Request) -> None:
+        """For requests that failed before any handler ran."""
+        if not hasattr(request.ctx, "request_id"):
+            self.begin(request)
+
+    def finish(self, request: Request, response: HTTPResponse) -> None:
+        """Once per request, whether a handler answered or the error handler."""
+        ctx = request.ctx
+        if getattr(ctx, "finished", False):
+            return
+        self.ensure_begun(request)
+        ctx.finished = True
+        seconds = time.perf_counter() - ctx.started
         route = f"/{request.route.path}" if request.route else "unmatched"
-        app.ctx.metrics.observe(route, request.method, response.status, seconds)
-        response.headers["X-Request-Id"] = getattr(request.ctx, "request_id", "-")
-        if app.ctx.stopping and request.stream is not None:
+        self._app.ctx.metrics.observe(route, request.method, response.status, seconds)
+        response.headers["X-Request-Id"] = ctx.request_id
+        if self._app.ctx.stopping and request.stream is not None:
             # Draining: sanic closes idle connections only once, so a busy
             # keep-alive client would keep a connection (and the drain) going
             # until the timeout. Answer this request, then close.
             request.stream.keep_alive = False
-        if response.status >= 400 or log_successes:
+        if response.status >= 400 or self._log_successes:
             _log_request(request, response.status, route, seconds)
         structlog.contextvars.unbind_contextvars("request_id")
+
+
+def observe_routes(app: Sanic) -> None:
+    """Wrap every registered route's handler with the request log."""
+    for route in app.router.routes:
+        route.handler = _observed(route.handler)
+
+
+def _observed(handler: Callable[..., Awaitable[HTTPResponse]]) -> Callable:
+    @functools.wraps(handler)
+    async def observed(request: Request, *args: Any, **kwargs: Any) -> HTTPResponse:
+        request_log: RequestLog = request.app.ctx.request_log
+        request_log.begin(request)
+        # An exception goes on to the error handler, which finishes the log.
+        response = await handler(request, *args, **kwargs)
+        request_log.finish(request, response)
+        return response
+
+    observed.observed = True
+    return observed
 
 
 def _log_request(request: Request, status: int, route: str, seconds: float) -> None:

@@ -114,6 +114,8 @@ def setup_errors(app: Sanic) -> None:
 
 
 def render_error(request: Request, exc: BaseException) -> HTTPResponse:
+    request_log = request.app.ctx.request_log
+    request_log.ensure_begun(request)  # the id in the error's log lines too
     error = as_portunus_error(exc)
     status = http_status(error)
     request.ctx.error_event = error.event
@@ -125,7 +127,9 @@ def render_error(request: Request, exc: BaseException) -> HTTPResponse:
     if error.hint:
         body["hint"] = error.hint
     headers = {"WWW-Authenticate": 'Bearer realm="portunus"'} if status == 401 else None
-    return json(body, status=status, headers=headers)
+    response = json(body, status=status, headers=headers)
+    request_log.finish(request, response)
+    return response
 
 
 def _log_server_error(request: Request, error: PortunusError, exc: BaseException) -> None:

@@ -293,10 +293,32 @@ class Api:
 
     def writes(self, name: str, prefix: str, args: argparse.Namespace) -> Load:
         """Rule creations as fresh clients ``<prefix>1..N`` (one per wrk
-        thread), so no run clashes with the listen ports of an earlier one."""
+        thread), so no run clashes with the listen ports of an earlier one.
+        ``extra`` gets how many write transactions took over 0.1, 0.25 and
+        1 s (the server's ``portunus_store_write_seconds`` histogram)."""
         self.add_clients(prefix, args.threads)
         script = write_script(self.work, self.token, prefix)
-        return run_wrk(name, self.server, self.url, args, script)
+        slow_before = self.slow_writes()
+        load = run_wrk(name, self.server, self.url, args, script)
+        slow_after = self.slow_writes()
+        load.extra["slow_write_transactions"] = {
+            bound: slow_after[bound] - slow_before[bound] for bound in slow_after
+        }
+        return load
+
+    def slow_writes(self) -> dict[str, int]:
+        """Write transactions so far that took longer than each bound."""
+        import httpx
+
+        context = ssl.create_default_context(cafile=str(self.cert))
+        text = httpx.get(f"{self.url}/metrics", verify=context).text
+        samples = dict(
+            line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#")
+        )
+        total = int(samples["portunus_store_write_seconds_count"])
+        bucket = 'portunus_store_write_seconds_bucket{{le="{}"}}'
+        bounds = ("0.1", "0.25", "1.0")
+        return {f">{b}s": total - int(samples[bucket.format(b)]) for b in bounds}
 
 
 def start_api(data: Path, work: Path, token: str, extra_config: str = "") -> Api:
@@ -361,7 +383,7 @@ def backup_phase(args: argparse.Namespace, work: Path) -> list[Load]:
     finally:
         api.server.stop()
     alone = (before.rps + after.rps) / 2
-    during.extra = {
+    during.extra |= {
         "backups_completed": len(looping.seconds),
         "backup_seconds": looping.seconds,
         "backup_failures": looping.failures,
@@ -471,7 +493,7 @@ def goals_table(summary: list[Summary], during: list[Load]) -> str:
         if name in medians:
             met = "yes" if medians[name] >= target else "no"
             lines.append(f"| {name}, median req/s | {medians[name]:,.0f} | {target:,} | {met} |")
-    ratio = next((load.extra.get("vs_alone") for load in during if load.extra), None)
+    ratio = next((load.extra["vs_alone"] for load in during if "vs_alone" in load.extra), None)
     if ratio is not None:
         met = "yes" if ratio >= BACKUP_GOAL else "no"
         lines.append(

@@ -551,6 +551,11 @@ def test_metrics_expose_requests_latency_store_schema_and_backup_age(api):
     assert buckets == sorted(buckets)  # cumulative
     count = samples['portunus_http_request_duration_seconds_count{route="/v1/rules"}']
     assert buckets[-1] == int(count)
+    # Every write transaction the writer ran, committed or not, is timed.
+    writes = int(samples["portunus_store_write_seconds_count"])
+    assert writes >= int(samples['portunus_store_writes_total{outcome="committed"}'])
+    assert int(samples['portunus_store_write_seconds_bucket{le="+Inf"}']) == writes
+    assert 0 < float(samples["portunus_store_write_seconds_sum"]) < writes
 
 
 def test_every_response_carries_a_request_id_counted_and_logged_when_refused(api):

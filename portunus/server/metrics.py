@@ -30,22 +30,45 @@ BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 bp = Blueprint("metrics")
 
 
+class Histogram:
+    """Durations in ``BUCKETS``; updated by one thread, read by any."""
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(BUCKETS) + 1)  # not cumulative; lines() sums up
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, seconds: float) -> None:
+        self.buckets[bisect.bisect_left(BUCKETS, seconds)] += 1
+        self.sum += seconds
+        self.count += 1
+
+    def lines(self, name: str, labels: str = "") -> list[str]:
+        sep = "," if labels else ""
+        cumulative = itertools.accumulate(self.buckets)
+        out = [
+            f'{name}_bucket{{{labels}{sep}le="{bound}"}} {n}'
+            for bound, n in zip(BUCKETS, cumulative, strict=False)
+        ]
+        out.append(f'{name}_bucket{{{labels}{sep}le="+Inf"}} {self.count}')
+        suffix = f"{{{labels}}}" if labels else ""
+        out += [f"{name}_sum{suffix} {self.sum}", f"{name}_count{suffix} {self.count}"]
+        return out
+
+
 class RequestMetrics:
     """Counters by (route, method, status) and a latency histogram by route."""
 
     def __init__(self) -> None:
         self.requests: Counter[tuple[str, str, int]] = Counter()
-        self.buckets: dict[str, list[int]] = {}
-        self.sums: Counter[str] = Counter()
-        self.counts: Counter[str] = Counter()
+        self.latency: dict[str, Histogram] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests[(route, method, status)] += 1
-        # Non-cumulative counts per bucket; render() sums them up.
-        counts = self.buckets.setdefault(route, [0] * (len(BUCKETS) + 1))
-        counts[bisect.bisect_left(BUCKETS, seconds)] += 1
-        self.sums[route] += seconds
-        self.counts[route] += 1
+        histogram = self.latency.get(route)
+        if histogram is None:
+            histogram = self.latency[route] = Histogram()
+        histogram.observe(seconds)
 
     def render(self) -> list[str]:
         lines = [
@@ -59,22 +82,9 @@ class RequestMetrics:
             "# HELP portunus_http_request_duration_seconds Time to handle a request, by route.",
             "# TYPE portunus_http_request_duration_seconds histogram",
         ]
-        for route in sorted(self.buckets):
-            label = f'route="{_escape(route)}"'
-            for bound, n in zip(BUCKETS, itertools.accumulate(self.buckets[route]), strict=False):
-                lines.append(
-                    f'portunus_http_request_duration_seconds_bucket{{{label},le="{bound}"}} {n}'
-                )
-            lines.append(
-                f'portunus_http_request_duration_seconds_bucket{{{label},le="+Inf"}} '
-                f"{self.counts[route]}"
-            )
-            lines.append(
-                f"portunus_http_request_duration_seconds_sum{{{label}}} {self.sums[route]}"
-            )
-            lines.append(
-                f"portunus_http_request_duration_seconds_count{{{label}}} {self.counts[route]}"
-            )
+        for route in sorted(self.latency):
+            name = "portunus_http_request_duration_seconds"
+            lines += self.latency[route].lines(name, f'route="{_escape(route)}"')
         return lines
 
 
@@ -86,6 +96,7 @@ class StoreFacts:
     writes_committed: int
     writes_rolled_back: int
     write_queue: int
+    write_seconds: Histogram
     newest_backup_age: float | None
 
 
@@ -107,6 +118,7 @@ async def metrics(request: Request) -> HTTPResponse:
         ctx.store.writer.committed,
         ctx.store.writer.rolled_back,
         ctx.store.writer.pending(),
+        ctx.store.writer.durations,
         newest,
     )
     body = "\n".join([*ctx.metrics.render(), *render_store(facts)]) + "\n"
@@ -124,6 +136,9 @@ def render_store(facts: StoreFacts) -> list[str]:
         "# TYPE portunus_store_writes_total counter",
         f'portunus_store_writes_total{{outcome="committed"}} {facts.writes_committed}',
         f'portunus_store_writes_total{{outcome="rolled_back"}} {facts.writes_rolled_back}',
+        "# HELP portunus_store_write_seconds Time each write transaction held the writer.",
+        "# TYPE portunus_store_write_seconds histogram",
+        *facts.write_seconds.lines("portunus_store_write_seconds"),
     ]
     if facts.newest_backup_age is not None:
         lines += _gauge(

@@ -19,6 +19,7 @@ import asyncio
 import functools
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -30,6 +31,7 @@ import structlog
 from portunus.datadir import DataDir
 from portunus.engine.backup import lower_thread_priority
 from portunus.server import affinity
+from portunus.server.metrics import Histogram
 from portunus.store.connection import close_quietly, open_readonly, open_store
 
 log = structlog.get_logger()
@@ -66,6 +68,7 @@ class Writer:
         self._gate = threading.Lock()
         self.committed = 0
         self.rolled_back = 0
+        self.durations = Histogram()  # BEGIN to COMMIT (or ROLLBACK), per write
 
     def start(self) -> None:
         self._accepting = True
@@ -101,6 +104,7 @@ class Writer:
 
     def _run_one(self, fn: Callable, args: tuple, future: Future) -> None:
         conn = self._conn
+        started = time.perf_counter()
         try:
             conn.execute("BEGIN IMMEDIATE")
             result = fn(conn, *args)
@@ -109,9 +113,11 @@ class Writer:
             # Nothing half-written: the mutation and its audit row go together.
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            self.durations.observe(time.perf_counter() - started)
             self.rolled_back += 1
             future.set_exception(exc)
         else:
+            self.durations.observe(time.perf_counter() - started)
             self.committed += 1
             future.set_result(result)
             if self._after_commit:

@@ -318,7 +318,13 @@ class Api:
         total = int(samples["portunus_store_write_seconds_count"])
         bucket = 'portunus_store_write_seconds_bucket{{le="{}"}}'
         bounds = ("0.1", "0.25", "1.0")
-        return {f">{b}s": total - int(samples[bucket.format(b)]) for b in bounds}
+        slow = {f">{b}s": total - int(samples[bucket.format(b)]) for b in bounds}
+        route = 'route="/v1/rules"'
+        handled = int(samples.get(f"portunus_http_request_duration_seconds_count{{{route}}}", 0))
+        for b in bounds:
+            key = f'portunus_http_request_duration_seconds_bucket{{{route},le="{b}"}}'
+            slow[f"handler >{b}s"] = handled - int(samples.get(key, 0))
+        return slow
 
 
 def start_api(data: Path, work: Path, token: str, extra_config: str = "") -> Api:

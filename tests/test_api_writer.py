@@ -114,3 +114,32 @@ def test_close_checkpoints_and_truncates_the_wal_and_is_idempotent(server_store,
     server_store.close()
     assert not store.wal.exists() or store.wal.stat().st_size == 0
     assert table_counts(store.state_db)["clients"] >= 30
+
+
+def test_a_write_whose_waiter_is_cancelled_before_it_runs_is_skipped(server_store, store):
+    """A request that went away while its write was still queued writes nothing."""
+    gate = threading.Event()
+
+    async def main() -> tuple[bool, int]:
+        blocker = server_store.writer.submit(lambda conn: gate.wait(10))
+        queued = asyncio.ensure_future(server_store.write(insert_client, "abandoned"))
+        await asyncio.sleep(0.05)
+        queued.cancel()
+        await asyncio.sleep(0.05)
+        gate.set()
+        blocker.result(10)
+        done = await server_store.write(insert_client, "after")
+        return queued.cancelled(), done
+
+    cancelled, after_id = asyncio.run(main())
+    assert cancelled and after_id > 0
+    names = {row[0] for row in _client_names(store)}
+    assert "after" in names and "abandoned" not in names
+
+
+def _client_names(store):
+    conn = apsw.Connection(str(store.state_db), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        return conn.execute("SELECT name FROM clients").fetchall()
+    finally:
+        conn.close()

@@ -75,12 +75,40 @@ class Writer:
         self._thread.start()
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """Queue ``fn(conn, *args)``; for a thread to wait on."""
         future: Future[T] = Future()
+
+        def deliver(ok: bool, value: Any) -> None:
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+        self._put((fn, args, future.set_running_or_notify_cancel, deliver))
+        return future
+
+    def submit_to_loop(
+        self, loop: asyncio.AbstractEventLoop, fn: Callable[..., T], *args: Any
+    ) -> asyncio.Future[T]:
+        """Queue ``fn(conn, *args)``; for ``loop`` to await. Resolved with one
+        ``call_soon_threadsafe``, cheaper than chaining a thread's future to
+        the loop. A write whose waiter was cancelled before it ran is skipped."""
+        future = loop.create_future()
+
+        def deliver(ok: bool, value: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(_resolve, future, ok, value)
+            except RuntimeError:
+                pass  # the loop is closed: nobody waits any more
+
+        self._put((fn, args, lambda: not future.cancelled(), deliver))
+        return future
+
+    def _put(self, item: tuple) -> None:
         with self._gate:
             if not self._accepting:
                 raise RuntimeError("the writer is stopped")
-            self._queue.put((fn, args, future))
-        return future
+            self._queue.put(item)
 
     def pending(self) -> int:
         return self._queue.qsize()
@@ -98,11 +126,15 @@ class Writer:
         if self._thread_init:
             self._thread_init()
         while (item := self._queue.get()) is not _STOP:
-            fn, args, future = item
-            if future.set_running_or_notify_cancel():
-                self._run_one(fn, args, future)
+            fn, args, wanted, deliver = item
+            if wanted():
+                ok, value = self._run_one(fn, args)
+                deliver(ok, value)  # the waiter first, then the bookkeeping
+                if ok and self._after_commit:
+                    self._after_commit(self._conn)
 
-    def _run_one(self, fn: Callable, args: tuple, future: Future) -> None:
+    def _run_one(self, fn: Callable, args: tuple) -> tuple[bool, Any]:
+        """(True, result) once committed, (False, exception) once rolled back."""
         conn = self._conn
         started = time.perf_counter()
         try:
@@ -115,13 +147,18 @@ class Writer:
                 conn.execute("ROLLBACK")
             self.durations.observe(time.perf_counter() - started)
             self.rolled_back += 1
-            future.set_exception(exc)
+            return False, exc
+        self.durations.observe(time.perf_counter() - started)
+        self.committed += 1
+        return True, result
+
+
+def _resolve(future: asyncio.Future, ok: bool, value: Any) -> None:
+    if not future.done():  # the waiter may have gone (cancelled)
+        if ok:
+            future.set_result(value)
         else:
-            self.durations.observe(time.perf_counter() - started)
-            self.committed += 1
-            future.set_result(result)
-            if self._after_commit:
-                self._after_commit(conn)
+            future.set_exception(value)
 
 
 class Checkpointer:
@@ -365,7 +402,7 @@ class ServerStore:
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` on the writer, in one transaction."""
-        return await asyncio.wrap_future(self.writer.submit(fn, *args))
+        return await self.writer.submit_to_loop(asyncio.get_running_loop(), fn, *args)
 
     def lookup(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)``, a point lookup by key, on the loop's own

@@ -23,7 +23,9 @@ MAX_TARGETS = 8
 PRIORITY_MAX = 65535
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
-HOST_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+# Dot-separated labels of 1-63 characters, an optional trailing dot: one match.
+HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
 
 
 def json_object(body: bytes) -> dict[str, Any]:
@@ -160,8 +162,7 @@ def host(body: Mapping[str, Any], key: str, *, where: str = "") -> str:
 def is_host(value: str) -> bool:
     # Names first: dotted IPv4 addresses pass as names too, and the regex
     # is several times cheaper than ipaddress (IPv6 needs the latter).
-    labels = value.removesuffix(".").split(".")
-    if 0 < len(value) <= 253 and all(HOST_LABEL.match(label) for label in labels):
+    if len(value) <= 253 and HOST_NAME.fullmatch(value):
         return True
     try:
         ipaddress.ip_address(value)

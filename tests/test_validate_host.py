@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 
@@ -17,13 +18,14 @@ def by_labels(value: str) -> bool:
     """The definition: 1-253 characters, dot-separated labels of 1-63
     letters, digits, '_' or inner '-', one optional trailing dot; or an IP."""
     labels = value.removesuffix(".").split(".")
-    if 0 < len(value) <= 253 and all(LABEL.match(label) for label in labels):
-        return True
-    try:
-        ipaddress.ip_address(value)
-        return True
-    except ValueError:
-        return False
+    named = 0 < len(value) <= 253 and all(LABEL.match(label) for label in labels)
+    return named or _is_ip(value)
+
+
+def _is_ip(value: str) -> bool:
+    with contextlib.suppress(ValueError):
+        return ipaddress.ip_address(value) is not None
+    return False
 
 
 @given(st.text(alphabet="aZ09_-.:", max_size=80))

@@ -7,8 +7,10 @@ while online backups of a large store run. Measured, never asserted.
     invoke bench --api
 
 Load comes from ``wrk`` (Debian package ``wrk``) on loopback, over TLS with
-keep-alive connections; both servers run single-process with the same
-certificate. Besides throughput it reports the server's CPU time per
+keep-alive connections; both servers run single-process, their event loop
+pinned to one CPU, with the same certificate, and wrk runs on the other
+CPUs (``taskset``), so the kernel cannot put client and server on one
+CPU by chance. Besides throughput it reports the server's CPU time per
 request (from /proc), which stays meaningful when other work shares the
 machine. The small-store loads (hello-world, writes, reads, /healthz) run
 in rounds, each on a fresh server, and the report gives each round and the

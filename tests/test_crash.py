@@ -28,6 +28,7 @@ from portunus.engine.checksum import sidecar_path
 from portunus.store.connection import open_store
 from portunus.store.sqlitefile import uses_wal_format
 from tests import support, writer
+from tests.support import parse_events
 
 pytestmark = pytest.mark.slow
 
@@ -551,3 +552,33 @@ def test_backup_killed_at_random_moments_never_leaves_a_partial_file_under_its_f
     assert run.code == 0, run.err
     assert artefact_digest(Path(run.out.strip())) == new_state.digest
     assert outcomes["absent"] > 0, f"no kill landed mid-backup: {outcomes}"
+
+
+def test_the_next_backup_sweeps_what_a_killed_one_left(
+    tmp_path: Path, crash_env, new_state: NewState
+):
+    """kill -9 mid-copy leaves a hidden temporary file; once it is a minute old
+    (aged here) the next backup into that directory removes it and says so."""
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    killed = backup_victim(crash_env, new_state.source, out_dir).shoot(Shot(copying, 0.0), out_dir)
+    assert killed, "the backup finished before the kill"
+    left = sorted(n for n in os.listdir(out_dir) if n.startswith("."))
+    assert left and all(BACKUP_LEFTOVER.match(n) for n in left), left
+    old = time.time() - 3600
+    for name in left:
+        os.utime(out_dir / name, (old, old))
+
+    run = support.run_cli(
+        "--data-dir",
+        str(new_state.source.path),
+        "backup",
+        "--out",
+        str(out_dir),
+        env=crash_env,
+    )
+    assert run.code == 0, run.err
+    assert [n for n in os.listdir(out_dir) if n.startswith(".")] == []
+    swept = [e for e in parse_events(run.err) if e["event"] == "backup.stale_temp_removed"]
+    assert [Path(e["path"]).name for e in swept] == [n for n in left if n.endswith(".tmp")]
+    assert artefact_digest(Path(run.out.strip())) == new_state.digest

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import errno
+import fcntl
+import os
 import threading
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -92,3 +95,66 @@ def test_disk_filling_up_while_writing_the_sidecar_leaves_no_file_behind(store, 
         assert raised.value.errno == errno.ENOSPC
         # backup() itself removes the temp copy it made; nothing else may be left.
         assert listing(small) - {tmp.name} == {"filler"}
+
+
+# --- what killed backups leave behind ---------------------------------------------
+
+
+def _leftover(directory: Path, name: str, *, age: float, journal: bool = False) -> Path:
+    path = directory / name
+    path.write_bytes(b"SQLite format 3\x00" + b"\x00" * 4080)
+    family = [path, Path(f"{path}-journal")] if journal else [path]
+    if journal:
+        family[1].write_bytes(b"\x00" * 512)
+    old = time.time() - age
+    for member in family:
+        os.utime(member, (old, old))
+    return path
+
+
+def test_a_backup_sweeps_what_killed_backups_left_and_nothing_else(store, tmp_path):
+    """Unlocked, untouched for a minute, named exactly like ours: removed with
+    its journal. Fresh ones, locked ones and look-alikes stay."""
+    out = tmp_path / "backups"
+    out.mkdir()
+    stale = _leftover(out, ".portunus-backup-0123456789ab.tmp", age=3600, journal=True)
+    fresh = _leftover(out, ".portunus-backup-aaaaaaaaaaaa.tmp", age=5)
+    locked = _leftover(out, ".portunus-backup-bbbbbbbbbbbb.tmp", age=3600)
+    lookalikes = [
+        _leftover(out, name, age=3600)
+        for name in (".portunus-backup-XYZ.tmp", "portunus-backup-cccccccccccc.tmp", "notes.tmp")
+    ]
+    (out / ".portunus-backup-dddddddddddd.tmp").mkdir()  # not a regular file
+    holder = os.open(locked, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # as a live backup holds its file
+    try:
+        result = backup_engine.backup(store, out)
+    finally:
+        os.close(holder)
+    names = {p.name for p in out.iterdir()}
+    assert stale.name not in names and f"{stale.name}-journal" not in names
+    assert {fresh.name, locked.name, ".portunus-backup-dddddddddddd.tmp"} <= names
+    assert {p.name for p in lookalikes} <= names
+    assert result.path.exists()
+
+
+def test_a_running_backup_holds_its_temporary_file_locked(store, tmp_path):
+    """What the sweep relies on: while the copy runs, its file cannot be locked."""
+    out = tmp_path / "backups"
+    out.mkdir()
+    seen: list[bool] = []
+
+    def progress(copied: int, total: int) -> None:
+        (temp,) = [p for p in out.iterdir() if p.name.endswith(".tmp")]
+        fd = os.open(temp, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            seen.append(False)
+        except BlockingIOError:
+            seen.append(True)
+        finally:
+            os.close(fd)
+
+    backup_engine.backup(store, out, progress=progress)
+    assert seen and all(seen)
+    assert backup_engine.sweep_stale_temps(out) == []  # and nothing was left to sweep

@@ -12,7 +12,10 @@ its final name, which is never replaced.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import re
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -46,6 +49,9 @@ STEP_PAGES = 4096  # 16 MiB at 4 KiB pages: progress every fraction of a second
 VERIFY_LEVELS = ("none", "quick", "full")
 BACKGROUND_NICE = 10  # verification yields the cores to a server on the same machine
 NAME_ATTEMPTS = 100  # fresh names tried when concurrent backups share a directory
+# An unlocked temporary file untouched this long was left by a killed backup.
+STALE_TEMP_SECS = 60.0
+_TEMP_NAME = re.compile(r"\.portunus-backup-[0-9a-f]+\.tmp")
 
 Progress = Callable[[int, int], None]
 
@@ -104,7 +110,8 @@ def backup(
     started = time.monotonic()
     source = _checked_source(data_dir)
     final, named_here = _destination(out)
-    tmp = _create_temp(final.parent)
+    sweep_stale_temps(final.parent)
+    tmp, held = _create_temp(final.parent)
     checkpoint = _SourceCheckpoint(source)
     try:
         copied = _copy(source, tmp, progress, on_snapshot_released=checkpoint.start)
@@ -119,6 +126,9 @@ def backup(
         raise
     finally:
         checkpoint.finish()
+        # Last: closing any descriptor of a file drops the process's POSIX
+        # locks on it, and SQLite's connections to it are all closed by now.
+        os.close(held)
     result = BackupResult(
         final,
         sidecar,
@@ -191,11 +201,63 @@ def _destination(out: Path) -> tuple[Path, bool]:
     return final, out.is_dir()
 
 
-def _create_temp(directory: Path) -> Path:
+def _create_temp(directory: Path) -> tuple[Path, int]:
+    """The hidden file the copy goes to, and a descriptor holding an flock on
+    it for the whole backup: what tells a live backup's file from one a
+    killed backup left (see :func:`sweep_stale_temps`)."""
     try:
-        return durable.create_exclusive(directory, TEMP_PREFIX, ".tmp")
+        path = durable.create_exclusive(directory, TEMP_PREFIX, ".tmp")
+        held = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise _io_error(exc, directory) from exc
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        pass  # a filesystem without flock: the age rule alone protects it
+    return path, held
+
+
+def sweep_stale_temps(directory: Path) -> list[Path]:
+    """Remove what killed backups left in ``directory``: a hidden
+    ``.portunus-backup-*.tmp`` (and its ``-journal``) that no live backup
+    holds locked and that nothing has written for ``STALE_TEMP_SECS``.
+
+    A live backup holds an flock on its file from the moment it exists (the
+    age rule covers that moment, and filesystems without flock); a killed
+    one's lock went with its process. Only names of that exact pattern are
+    ever touched. Best effort: whatever cannot be read or removed is left.
+    """
+    removed: list[Path] = []
+    try:
+        with os.scandir(directory) as scan:
+            candidates = [e for e in scan if _TEMP_NAME.fullmatch(e.name)]
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in candidates:
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if not stat.S_ISREG(info.st_mode) or now - info.st_mtime < STALE_TEMP_SECS:
+                continue
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            durable.remove_if_present(*durable.sqlite_family(Path(entry.path)))
+        except OSError:
+            continue  # held by a live backup, or not ours to remove
+        finally:
+            os.close(fd)
+        removed.append(Path(entry.path))
+        log.warning(
+            "backup.stale_temp_removed",
+            msg="removed a temporary file an interrupted backup left behind",
+            path=entry.path,
+            bytes=info.st_size,
+            age_secs=round(now - info.st_mtime),
+        )
+    return removed
 
 
 def _copy(

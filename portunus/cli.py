@@ -46,6 +46,7 @@ class PortunusProgram(Program):
 
     def parse_core(self, argv: list[str] | None) -> None:
         self.normalize_argv(argv)
+        _refuse_repeated_global_flags(self.argv[1:])
         self.parse_core_args()
         if self.args.version.value:
             self.print_version()
@@ -131,6 +132,25 @@ class PortunusProgram(Program):
         except BrokenPipeError:
             silence_stdout()
         return 0
+
+
+GLOBAL_VALUE_FLAGS = ("--data-dir", "--config", "--log-format")
+
+
+def _refuse_repeated_global_flags(argv: list[str]) -> None:
+    """invoke's parser turns ``--log-format json ... --log-format json`` into
+    "No idea what 'json' is!"; name the real mistake instead."""
+    seen: set[str] = set()
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        flag, has_value, _ = argv[i].partition("=")
+        if flag in GLOBAL_VALUE_FLAGS:
+            if flag in seen:
+                raise ParseError(f"{flag} is given more than once; give it once")
+            seen.add(flag)
+            i += 1 if has_value else 2
+        else:
+            i += 1
 
 
 def _log_format_asked(argv: list[str]) -> str:

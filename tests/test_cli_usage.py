@@ -75,6 +75,25 @@ def test_usage_errors_exit_2_with_cli_usage_error(cli, home, argv):
     assert list(home.iterdir()) == [], "a usage error created the default data dir"
 
 
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        # The cli fixture gives --log-format json first, as operators' scripts might.
+        (["--data-dir", "x", "--log-format=json", "status"], "--log-format"),
+        (["--data-dir=a", "--data-dir", "b", "status"], "--data-dir"),
+        (["--config", "a.toml", "--config=b.toml", "status"], "--config"),
+    ],
+    ids=["log-format", "data-dir", "config"],
+)
+def test_a_global_flag_given_twice_is_named_and_exits_2(cli, home, argv, flag):
+    """Not invoke's "No idea what 'json' is!": the flag, and that it came twice."""
+    run = cli(*argv)
+    assert_usage_error(run)
+    (error,) = [e for e in support.parse_events(run.err) if e["event"] == "cli.usage_error"]
+    assert error["msg"] == f"{flag} is given more than once; give it once"
+    assert list(home.iterdir()) == []
+
+
 def test_bad_log_format_exits_2(env, data_dir):
     """--log-format must be logfmt, json or console."""
     proc = run_plain("--log-format", "xml", "--data-dir", str(data_dir.path), "reset", env=env)

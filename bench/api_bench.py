@@ -116,10 +116,8 @@ class Process:
         where wrk runs, so that the kernel's wake-up affinity cannot put the
         client on the server's CPU (on 2 cores it otherwise often does,
         leaving the other idle and halving throughput at random)."""
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        allowed = next(line for line in status.splitlines() if line.startswith("Cpus_allowed_list"))
-        server = _cpu_list(allowed.split(":", 1)[1].strip())
-        return sorted(set(os.sched_getaffinity(0)) - server)
+        # The main thread's id is the pid: its affinity, not the process's.
+        return sorted(os.sched_getaffinity(0) - os.sched_getaffinity(self.proc.pid))
 
     def cpu_seconds(self) -> float:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -141,14 +139,6 @@ class Process:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=120)
-
-
-def _cpu_list(text: str) -> set[int]:
-    cpus: set[int] = set()
-    for part in text.split(","):
-        first, _, last = part.partition("-")
-        cpus.update(range(int(first), int(last or first) + 1))
-    return cpus
 
 
 def start_portunus(data_dir: Path, work: Path, extra_config: str = "") -> tuple[Process, int]:

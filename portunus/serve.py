@@ -27,8 +27,7 @@ import structlog
 
 from portunus.config import Settings
 from portunus.datadir import LEGACY_FILES, DataDir, check_supported_filesystem
-from portunus.engine import durable
-from portunus.engine.restore import STAGE_PREFIX
+from portunus.engine.restore import sweep_stale_stages
 from portunus.errors import RefusedByConfiguration
 from portunus.runtime import Runtime
 from portunus.server import ServerStore, create_app
@@ -127,9 +126,7 @@ def warn_about_legacy_files(data_dir: DataDir) -> None:
 
 
 def sweep_stale_restores(data_dir: DataDir) -> None:
-    # We hold the lock: a staged restore file here was left by a killed restore.
-    for leftover in sorted(data_dir.path.glob(f"{STAGE_PREFIX}*")):
-        durable.remove_if_present(leftover)
+    for leftover in sweep_stale_stages(data_dir):
         log.warning(
             "startup.stale_restore_removed",
             msg="removed a file left by an interrupted restore",

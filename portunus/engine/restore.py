@@ -75,7 +75,7 @@ def restore(data_dir: DataDir, source: Path, *, force: bool = False) -> RestoreR
                 hint="run 'portunus-server reset --confirm' first, or pass --force",
                 path=str(data_dir.state_db),
             )
-        _sweep_stale_stages(data_dir)
+        sweep_stale_stages(data_dir)
         try:
             staged = durable.create_exclusive(data_dir.path, STAGE_PREFIX, ".db")
         except OSError as exc:
@@ -175,10 +175,13 @@ def _checkpoint_previous(state_db: Path) -> None:
         close_quietly(conn)
 
 
-def _sweep_stale_stages(data_dir: DataDir) -> None:
-    # We hold the lock, so any staged file left here is from a killed restore.
-    for leftover in data_dir.path.glob(f"{STAGE_PREFIX}*"):
+def sweep_stale_stages(data_dir: DataDir) -> list[Path]:
+    """Remove the staged copies killed restores left in the data dir; the
+    caller holds the store lock, so none of them belongs to a live restore."""
+    leftovers = sorted(data_dir.path.glob(f"{STAGE_PREFIX}*"))
+    for leftover in leftovers:
         durable.remove_if_present(leftover)
+    return leftovers
 
 
 def _io_error(exc: BaseException, source: Path) -> PortunusError:

@@ -122,11 +122,11 @@ class RequestLog:
             self.begin(request)
 
     def finish(self, request: Request, response: HTTPResponse) -> None:
-        """Once per request, whether a handler answered or the error handler."""
+        """Once per request, after :meth:`begin` (the handler's wrapper) or
+        :meth:`ensure_begun` (the error handler)."""
         ctx = request.ctx
         if getattr(ctx, "finished", False):
             return
-        self.ensure_begun(request)
         ctx.finished = True
         seconds = time.perf_counter() - ctx.started
         route = f"/{request.route.path}" if request.route else "unmatched"

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from portunus.engine import backup as backup_engine
+from portunus.engine import durable
 from portunus.engine.checksum import sha256_file, sidecar_path
 from portunus.errors import PortunusError
 from tests.test_cli_backup import listing, parse_backup_name, tmpfs
@@ -158,3 +159,38 @@ def test_a_running_backup_holds_its_temporary_file_locked(store, tmp_path):
     backup_engine.backup(store, out, progress=progress)
     assert seen and all(seen)
     assert backup_engine.sweep_stale_temps(out) == []  # and nothing was left to sweep
+
+
+def test_the_copy_starts_writing_itself_out_as_it_goes(store, tmp_path, monkeypatch):
+    """After each step of the copy the kernel is asked to start writing the
+    temporary file out, so the final fsync (and every other fsync on the
+    disk meanwhile) does not wait behind the whole store."""
+    out = tmp_path / "backups"
+    out.mkdir()
+    started: list[tuple[str, bool]] = []
+    real = durable.start_writeback
+
+    def recorded(fd: int) -> bool:
+        accepted = real(fd)
+        started.append((os.readlink(f"/proc/self/fd/{fd}"), accepted))
+        return accepted
+
+    monkeypatch.setattr(durable, "start_writeback", recorded)
+    result = backup_engine.backup(store, out)
+    assert started, "the copy never started its writeback"
+    for path, accepted in started:
+        name = Path(path).name
+        assert name.startswith(backup_engine.TEMP_PREFIX) and name.endswith(".tmp"), path
+        assert Path(path).parent == out
+        assert accepted  # Linux, a regular file: the kernel took it
+    assert sha256_file(result.path)[0] == result.sha256
+
+
+def test_start_writeback_is_best_effort():
+    """A descriptor the call does not apply to (a pipe) is refused quietly."""
+    read_end, write_end = os.pipe()
+    try:
+        assert durable.start_writeback(read_end) is False
+    finally:
+        os.close(read_end)
+        os.close(write_end)

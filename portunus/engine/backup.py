@@ -114,7 +114,7 @@ def backup(
     tmp, held = _create_temp(final.parent)
     checkpoint = _SourceCheckpoint(source)
     try:
-        copied = _copy(source, tmp, progress, on_snapshot_released=checkpoint.start)
+        copied = _copy(source, tmp, held, progress, on_snapshot_released=checkpoint.start)
         copy_seconds = time.monotonic() - started
         digest, size = _verify_and_hash(tmp, verify)
         verify_seconds = time.monotonic() - started - copy_seconds
@@ -261,7 +261,11 @@ def sweep_stale_temps(directory: Path) -> list[Path]:
 
 
 def _copy(
-    source: Path, tmp: Path, progress: Progress | None, on_snapshot_released: Callable[[], None]
+    source: Path,
+    tmp: Path,
+    tmp_fd: int,
+    progress: Progress | None,
+    on_snapshot_released: Callable[[], None],
 ) -> _Copy:
     src = dst = None
     try:
@@ -282,7 +286,7 @@ def _copy(
         # The temp file is ours alone until published; we fsync it ourselves.
         dst.execute("PRAGMA journal_mode=OFF")
         dst.execute("PRAGMA synchronous=OFF")
-        pages, restarts = _step_until_done(dst, src, progress)
+        pages, restarts = _step_until_done(dst, src, tmp_fd, progress)
         src.execute("COMMIT")
         on_snapshot_released()
         close_quietly(src)
@@ -295,7 +299,14 @@ def _copy(
         close_quietly(src)
 
 
-def _step_until_done(dst: apsw.Connection, src: apsw.Connection, progress: Progress | None):
+def _step_until_done(
+    dst: apsw.Connection, src: apsw.Connection, dst_fd: int, progress: Progress | None
+) -> tuple[int, int]:
+    """Copy ``STEP_PAGES`` at a time; after each step the kernel starts
+    writing them out, so the final fsync finds a small backlog instead of
+    the whole store, and a server's own syncs meanwhile (its WAL, its
+    checkpoints) do not queue behind a GiB (docs/performance.md: writes
+    during backups kept their p99 under 0.1 s instead of 0.2-0.6 s)."""
     restarts = 0
     copied_before = 0
     with dst.backup("main", src, "main") as step:
@@ -310,6 +321,7 @@ def _step_until_done(dst: apsw.Connection, src: apsw.Connection, progress: Progr
                 # benchmarks prove it.
                 restarts += 1
             copied_before = copied
+            durable.start_writeback(dst_fd)
             if progress:
                 progress(copied, step.page_count)
             if done:

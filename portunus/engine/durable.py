@@ -70,6 +70,9 @@ _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 _SYNC_FILE_RANGE_WRITE = 2
+_sync_file_range = getattr(_libc, "sync_file_range", None)  # Linux (glibc, musl)
+if _sync_file_range is not None:
+    _sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
 
 
 def start_writeback(fd: int) -> bool:
@@ -82,11 +85,9 @@ def start_writeback(fd: int) -> bool:
     server's own WAL syncs among them) queues behind it. Started as the file
     is written, the backlog stays small. Best effort: False where the call
     is missing or refused, and nothing else changes."""
-    sync_file_range = getattr(_libc, "sync_file_range", None)
-    if sync_file_range is None:
+    if _sync_file_range is None:
         return False
-    sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-    return sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE) == 0
+    return _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE) == 0
 
 
 def _rename_noreplace(src: Path, dst: Path) -> None:

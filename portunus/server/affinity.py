@@ -75,7 +75,7 @@ def device_interrupts(text: str | None = None) -> dict[int, int]:
     lines = text.splitlines()
     if not lines:
         return {}
-    cpus = [int(name[3:]) for name in lines[0].split() if name.startswith("CPU")]
+    cpus = [int(n[3:]) for n in lines[0].split() if n.startswith("CPU") and n[3:].isdigit()]
     counts = dict.fromkeys(cpus, 0)
     for line in lines[1:]:
         label, _, rest = line.partition(":")

@@ -5,11 +5,11 @@ Writes are serialized on one thread that owns the read-write connection
 (datasette's model): each runs in ``BEGIN IMMEDIATE`` and commits with its
 audit row, so no two writes contend for SQLite's lock and the event loop
 never waits on it. Reads use read-only connections, which in WAL mode
-never wait for the writer either: point lookups (a token, a rule or a
-client by its key: one statement, one row) run on the event loop's own
-connection, cheaper than a hop to a thread and back; reads whose cost grows
-with the data (lists, pages) run in a small thread pool, so a slow query
-never stalls the loop. Checkpoints run on a thread of their own
+never wait for the writer either: point lookups (a token or a rule by its
+key: one statement, one row) run on the event loop's own connection,
+cheaper than a hop to a thread and back; reads whose cost grows with the
+data (lists, pages, a client with its rule count) run in a small thread
+pool, so a slow query never stalls the loop. Checkpoints run on a thread of their own
 (:class:`Checkpointer`), so no commit ever pays for one.
 """
 

@@ -32,7 +32,8 @@ async def list_clients(request: Request) -> HTTPResponse:
 @bp.get("/<name>")
 @requires(VIEWER)
 async def get_client(request: Request, name: str) -> HTTPResponse:
-    return json(request.app.ctx.store.lookup(clients.get, name))
+    # Not a loop lookup: the rule count grows with the client's rules.
+    return json(await request.app.ctx.store.read(clients.get, name))
 
 
 @bp.delete("/<name>")

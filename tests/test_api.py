@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from portunus.datadir import DataDir
 from portunus.engine import tokens as token_engine
@@ -526,7 +528,36 @@ def test_the_backup_endpoint_writes_a_verified_backup_and_audits_it(api):
     assert (latest["action"], latest["resource"]) == ("backup.create", f"backup:{path.name}")
 
 
-def test_metrics_expose_requests_latency_store_schema_and_backup_age(api):
+def raw_request(server, head: bytes) -> bytes:
+    """One request written byte for byte (methods no HTTP client would send)."""
+    with (
+        socket.create_connection(("127.0.0.1", server.port), timeout=30) as raw,
+        server.tls_context().wrap_socket(raw, server_hostname="127.0.0.1") as conn,
+    ):
+        conn.sendall(head)
+        return conn.recv(65536)
+
+
+def test_metrics_stay_parseable_and_bounded_whatever_method_a_client_sends(api):
+    """Any token is a valid HTTP method: odd ones are counted as "other", so
+    no anonymous client can break the page or add series without bound."""
+    methods = [b'A"B', b"A\\B"] + [b"X%d" % n for n in range(20)]
+    for method in methods:
+        answer = raw_request(api.server, method + b" /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 405"), answer[:80]
+    text = api.anonymous.get("/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    seen = {s.labels["method"] for s in families["portunus_http_requests"].samples}
+    assert seen <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"}
+    others = [
+        s.value
+        for s in families["portunus_http_requests"].samples
+        if s.labels == {"route": "unmatched", "method": "other", "status": "405"}
+    ]
+    assert others and others[0] >= len(methods)
+
+
+def test_metrics_expose_requests_latency_store_schema_and_backup_age(api, rule):
     """Prometheus text format; the backup age appears once a backup exists."""
     api.admin.post("/v1/admin/backup")
     response = api.anonymous.get("/metrics")

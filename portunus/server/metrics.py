@@ -25,6 +25,10 @@ from portunus import __version__
 from portunus.engine.backup import BACKUP_PREFIX
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Methods counted under their own name; anything else a client sends (any
+# token is a valid HTTP method) is counted as "other", so no client can add
+# series without bound.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 bp = Blueprint("metrics")
@@ -64,6 +68,8 @@ class RequestMetrics:
         self.latency: dict[str, Histogram] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        if method not in KNOWN_METHODS:
+            method = "other"
         self.requests[(route, method, status)] += 1
         histogram = self.latency.get(route)
         if histogram is None:
@@ -76,7 +82,7 @@ class RequestMetrics:
             "# TYPE portunus_http_requests_total counter",
         ]
         for (route, method, status), n in sorted(self.requests.items()):
-            labels = f'route="{_escape(route)}",method="{method}",status="{status}"'
+            labels = f'route="{_escape(route)}",method="{_escape(method)}",status="{status}"'
             lines.append(f"portunus_http_requests_total{{{labels}}} {n}")
         lines += [
             "# HELP portunus_http_request_duration_seconds Time to handle a request, by route.",
@@ -178,4 +184,5 @@ def _size(path: Path) -> int:
 
 
 def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')
+    """A label value as the text format wants it: backslash, quote, newline."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -118,10 +118,13 @@ def backup(c, out=None, json=False):
     try:
         result = backup_engine.backup(
             rt.data_dir,
-            _backup_out(target),
+            Path(target).expanduser(),
             verify=rt.settings.get("backup.verify"),
             checksum=rt.settings.get("backup.checksum"),
             progress=None if json else _progress_bar(),
+            # [backup] dir is a directory, and so is an --out DIR/ (pathlib
+            # drops the slash): if it is missing, 74, never a file of its name.
+            directory=managed or target.endswith(os.sep),
         )
     except PortunusError:
         if managed:
@@ -140,16 +143,6 @@ def backup(c, out=None, json=False):
         if managed:
             summary["prune"] = pruned.as_dict() if pruned else None
         _print_json(summary)
-
-
-def _backup_out(target: str) -> Path:
-    """--out as a Path. pathlib drops a trailing slash, and with it the
-    operator's "this is a directory": kept here as a backup name inside it, so
-    a missing directory is refused (74) instead of becoming a file of its name."""
-    path = Path(target).expanduser()
-    if target.endswith(os.sep) and not path.is_dir():
-        return path / backup_engine.backup_name(datetime.now(UTC))
-    return path
 
 
 def _progress_bar() -> Callable[[int, int], None] | None:

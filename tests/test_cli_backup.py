@@ -264,6 +264,30 @@ def test_backup_dir_from_the_config_file_is_used_without_out(cli, store, tmp_pat
     parse_backup_name(path)
 
 
+@pytest.mark.parametrize("slash", ["", "/"])
+def test_a_missing_backup_dir_exits_74_and_no_file_takes_its_name(cli, store, tmp_path, slash):
+    """[backup] dir is a directory whatever its spelling: missing is 74, and
+    neither it nor a file of its name (nor a sidecar) is created."""
+    config = tmp_path / "server.toml"
+    config.write_text(f'[backup]\ndir = "{tmp_path / "backups"}{slash}"\n')
+    run = cli("--config", str(config), "--data-dir", str(store.path), "backup")
+    assert_backup_failed(run, 74, "backup.destination_dir_missing")
+    assert "does not exist" in run.err
+    assert not os.path.lexists(tmp_path / "backups")
+    assert not os.path.lexists(tmp_path / "backups.sha256")
+
+
+def test_a_backup_dir_that_is_a_file_exits_74_and_the_file_is_untouched(cli, store, tmp_path):
+    config = tmp_path / "server.toml"
+    config.write_text(f'[backup]\ndir = "{tmp_path / "notes"}"\n')
+    (tmp_path / "notes").write_text("not a directory")
+    run = cli("--config", str(config), "--data-dir", str(store.path), "backup")
+    assert_backup_failed(run, 74, "backup.destination_dir_missing")
+    assert "is not a directory" in run.err
+    assert (tmp_path / "notes").read_text() == "not a directory"
+    assert not os.path.lexists(tmp_path / "notes.sha256")
+
+
 def test_checksum_false_in_the_config_writes_no_sidecar(cli, store, tmp_path, dest):
     """[backup] checksum = false: the backup alone, no .sha256."""
     config = tmp_path / "server.toml"

@@ -105,11 +105,16 @@ def backup(
     verify: str = "quick",
     checksum: bool = True,
     progress: Progress | None = None,
+    directory: bool = False,
 ) -> BackupResult:
-    """Back the store in ``data_dir`` up to ``out`` (a new file, or a directory)."""
+    """Back the store in ``data_dir`` up to ``out`` (a new file, or a directory).
+
+    ``directory``: ``out`` is meant as a directory (``[backup] dir``, an
+    ``--out DIR/``), so if it is not one that is refused, never a file of its
+    name."""
     started = time.monotonic()
     source = _checked_source(data_dir)
-    final, named_here = _destination(out)
+    final, named_here = _destination(out, directory)
     sweep_stale_temps(final.parent)
     tmp, held = _create_temp(final.parent)
     checkpoint = _SourceCheckpoint(source)
@@ -173,8 +178,16 @@ def _checked_source(data_dir: DataDir) -> Path:
     return source
 
 
-def _destination(out: Path) -> tuple[Path, bool]:
+def _destination(out: Path, directory: bool) -> tuple[Path, bool]:
     """The final path, and whether we picked its name inside a directory."""
+    if directory and not out.is_dir():
+        problem = "is not a directory" if os.path.lexists(out) else "does not exist"
+        raise StorageIOError(
+            f"the backup directory {out} {problem}",
+            event="backup.destination_dir_missing",
+            hint="create it first (mkdir -p, writable by this user), or fix [backup] dir",
+            path=str(out),
+        )
     if out.is_dir():
         now = datetime.now(UTC)
         final = out / backup_name(now)

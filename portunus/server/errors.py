@@ -136,14 +136,10 @@ def _log_server_error(request: Request, error: PortunusError, exc: BaseException
     fields = {k: v for k, v in error.fields.items() if v is not None}
     if error.event == "internal_error":
         fields["traceback"] = "".join(traceback.format_exception(exc))
-    log.error(
-        error.event,
-        msg=error.message,
-        hint=error.hint,
-        method=request.method,
-        path=request.path,
-        **fields,
-    )
+    # The error's own fields win: a backup error's ``path`` is the file that
+    # failed (the request's path is on its http.request line as well).
+    fields = {"method": request.method, "path": request.path, **fields}
+    log.error(error.event, msg=error.message, hint=error.hint, **fields)
 
 
 def http_status(error: PortunusError) -> int:

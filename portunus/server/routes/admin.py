@@ -64,6 +64,7 @@ def _backup(data_dir, out: Path, settings) -> backup_engine.BackupResult:
         out,
         verify=settings.get("backup.verify"),
         checksum=settings.get("backup.checksum"),
+        directory=True,
     )
 
 

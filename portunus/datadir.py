@@ -50,13 +50,7 @@ class DataDir:
 
     def ensure(self) -> None:
         """Create the data dir (mode 0700) if it does not exist yet."""
-        if self.path.exists() and not self.path.is_dir():
-            raise RefusedByConfiguration(
-                f"the data dir {self.path} exists but is not a directory",
-                event="startup.data_dir_not_directory",
-                hint="check --data-dir (or data_dir in server.toml)",
-                path=str(self.path),
-            )
+        self.refuse_a_non_directory()
         try:
             self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
@@ -66,6 +60,16 @@ class DataDir:
                 hint="create it yourself with mode 0700, owned by the server's user",
                 path=str(self.path),
             ) from exc
+
+    def refuse_a_non_directory(self) -> None:
+        """78 when the path exists and is not a directory (a missing one is fine)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RefusedByConfiguration(
+                f"the data dir {self.path} exists but is not a directory",
+                event="startup.data_dir_not_directory",
+                hint="check --data-dir (or data_dir in server.toml)",
+                path=str(self.path),
+            )
 
 
 def resolve_data_dir(

@@ -41,10 +41,13 @@ def build(options: Mapping[str, Any], env: Mapping[str, str] | None = None) -> R
     flag_format = options.get("log_format")
     _check_log_format(flag_format)
     log.configure(flag_format or "logfmt")
+    refuse_empty_paths(options)
     explicit = config.config_path(options.get("config"), env, None)
     settings = config.load(explicit, required=True) if explicit else config.defaults()
     data_dir = resolve_data_dir(options.get("data_dir"), settings.get("data_dir"), env)
     if explicit is None:
+        # A data dir that is a file: say so, not "cannot read <file>/server.toml".
+        data_dir.refuse_a_non_directory()
         settings = config.load(data_dir.config)
     log_format = flag_format or settings.get("log_format")
     log.configure(log_format, settings.get("log_level"))
@@ -54,3 +57,14 @@ def build(options: Mapping[str, Any], env: Mapping[str, str] | None = None) -> R
 def _check_log_format(value: str | None) -> None:
     if value is not None and value not in log.LOG_FORMATS:
         raise UsageError(f"--log-format must be one of {', '.join(log.LOG_FORMATS)}, got {value!r}")
+
+
+def refuse_empty_paths(options: Mapping[str, Any]) -> None:
+    """``--data-dir "$DIR"`` with DIR unset must not fall through to the
+    default data dir: a ``reset --confirm`` there would wipe another store."""
+    for key, flag in (("data_dir", "--data-dir"), ("config", "--config"), ("file", "--file")):
+        if options.get(key) == "":
+            raise UsageError(
+                f"{flag} is empty; give a path (is the variable it came from set?)",
+                hint=f"leave {flag} out to use the default resolution order",
+            )

@@ -465,12 +465,15 @@ def _config_target(c: Any, file: str | None) -> tuple[Path, bool]:
     invalid file, which is what these two commands must be able to handle."""
     options = runtime.global_options(c)
     log_setup.configure(options.get("log_format") or "logfmt")
+    runtime.refuse_empty_paths({**options, "file": file})
     if file:
         return Path(file).expanduser(), True
     explicit = config.config_path(options.get("config"), os.environ, None)
     if explicit:
         return explicit, True
-    return resolve_data_dir(options.get("data_dir"), None).config, False
+    data_dir = resolve_data_dir(options.get("data_dir"), None)
+    data_dir.refuse_a_non_directory()
+    return data_dir.config, False
 
 
 @operator_task(name="show", help={"json": "print JSON: each key's value and source"})

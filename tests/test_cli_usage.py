@@ -266,3 +266,47 @@ def test_relative_data_dir_is_taken_from_the_working_directory(cli, tmp_path):
     run = cli("--data-dir", "d", "bootstrap-admin", "--name", "ops", cwd=tmp_path)
     assert run.code == 0, run.err
     assert (tmp_path / "d" / "state.db").is_file()
+
+
+@pytest.mark.parametrize("flags", [["--data-dir", ""], ["--data-dir="], ["--config", ""]])
+def test_an_empty_path_flag_is_a_usage_error_and_no_fallback_store_is_touched(
+    cli, env, store, flags
+):
+    """`--data-dir "$DIR"` with DIR unset: 2, and the store the default order
+    would find (here $STATE_DIRECTORY's) is not reset."""
+    env["STATE_DIRECTORY"] = str(store.path)
+    run = cli(*flags, "reset", "--confirm", env=env)
+    assert run.code == 2, run.err
+    assert run.has_event("cli.usage_error")
+    assert "is empty" in run.err
+    assert store.state_db.is_file()
+
+
+@pytest.mark.parametrize(
+    "subcommand", [["status"], ["backup", "--out", "b.db"], ["config", "check"]]
+)
+def test_a_data_dir_that_is_a_file_is_named_as_such(cli, tmp_path, subcommand):
+    """78 with startup.data_dir_not_directory, not a complaint about server.toml."""
+    (tmp_path / "f").write_text("not a directory")
+    run = cli("--data-dir", str(tmp_path / "f"), *subcommand, cwd=tmp_path)
+    assert run.code == 78, run.err
+    assert run.has_event("startup.data_dir_not_directory"), run.err
+    assert (tmp_path / "f").read_text() == "not a directory"
+
+
+@pytest.mark.parametrize(
+    "subcommand", [["config", "set", "log_level", "debug"], ["config", "check"]]
+)
+@pytest.mark.parametrize("flags", [["--data-dir", ""], ["--config", ""]])
+def test_config_commands_refuse_an_empty_path_too(cli, env, store, flags, subcommand):
+    env["STATE_DIRECTORY"] = str(store.path)
+    run = cli(*flags, *subcommand, env=env)
+    assert run.code == 2, run.err
+    assert run.has_event("cli.usage_error")
+    assert not store.config.exists()
+
+
+def test_config_check_refuses_an_empty_file_flag(cli, store):
+    run = cli("--data-dir", str(store.path), "config", "check", "--file", "")
+    assert run.code == 2, run.err
+    assert "--file is empty" in run.err

@@ -32,6 +32,7 @@ from portunus.engine import retention, tokens
 from portunus.engine import status as status_engine
 from portunus.engine import verify as verify_engine
 from portunus.errors import PortunusError, UsageError
+from portunus.store import audit
 from portunus.store.lock import probe_holder
 
 log = structlog.get_logger()
@@ -574,16 +575,12 @@ def audit_prune(c, before=None, dry_run=False, json=False):
 def _parse_before(text: str) -> datetime:
     """RFC3339 with a zone (``Z`` or an offset), or a bare date (midnight UTC)."""
     try:
-        at = datetime.fromisoformat(text)
+        at = audit.parse_time(text + "T00:00:00Z" if len(text) == 10 else text)
     except ValueError:
-        at = None
-    if at is not None and len(text) == 10:
-        at = at.replace(tzinfo=UTC)
-    if at is None or at.tzinfo is None:
         raise UsageError(
             f"--before must be an RFC3339 time with a zone, or a date: got {text!r}",
             hint="e.g. --before 2026-01-01T00:00:00Z or --before 2026-01-01",
-        )
+        ) from None
     if at > datetime.now(UTC):
         raise UsageError(
             f"--before {text} is in the future: that would delete the whole audit log",

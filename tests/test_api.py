@@ -9,6 +9,7 @@ import socket
 from pathlib import Path
 from types import SimpleNamespace
 
+import apsw
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -431,6 +432,21 @@ BAD_REQUESTS = [
     ("GET", "/v1/audit?until=2026-05-08T02:00:00", None, "until"),
     ("GET", "/v1/audit?cursor=%C2%B2", None, "cursor"),
     ("POST", "/v1/admin/backup", {"out": "/tmp/x"}, "out"),
+    # A regex's $ matches before a final newline: names are matched whole.
+    ("POST", "/v1/clients", {"name": "edge1\n"}, "name"),
+    ("POST", "/v1/tokens", {"name": "ops\n", "role": "viewer"}, "name"),
+    # In RFC 3339 but out of Python's range once in UTC; ISO-only forms.
+    ("GET", "/v1/audit?since=0001-01-01T00:00:00%2B01:00", None, "since"),
+    ("GET", "/v1/audit?until=9999-12-31T23:59:59-01:00", None, "until"),
+    ("GET", "/v1/audit?since=20260101T000000Z", None, "since"),
+    ("GET", "/v1/audit?since=2026-W01-1T00:00:00Z", None, "since"),
+    ("GET", "/v1/audit?since=2026-01-01", None, "since"),
+    # Blank parameters are input too: ?client= must not mean every client.
+    ("GET", "/v1/rules?client=", None, "client"),
+    ("GET", "/v1/rules?limit=", None, "limit"),
+    ("GET", "/v1/rules?bogus=", None, "bogus"),
+    ("GET", "/v1/rules?bogus", None, "bogus"),
+    ("GET", "/v1/audit?cursor=", None, "cursor"),
 ]
 
 
@@ -526,6 +542,23 @@ def test_the_backup_endpoint_writes_a_verified_backup_and_audits_it(api):
     assert verify(path).integrity == "ok"
     latest = api.viewer.get("/v1/audit", params={"limit": 1}).json()["entries"][0]
     assert (latest["action"], latest["resource"]) == ("backup.create", f"backup:{path.name}")
+
+
+def test_a_write_lock_held_outside_the_server_is_503_and_the_writer_recovers(api):
+    """A sqlite3 shell holding BEGIN IMMEDIATE past the busy timeout: the
+    server's environment, not a bug, so 503; nothing written; then back."""
+    outsider = apsw.Connection(str(api.server.data_dir / "state.db"))
+    outsider.execute("BEGIN IMMEDIATE")
+    try:
+        response = api.admin.post("/v1/clients", json={"name": "blocked"})
+    finally:
+        outsider.execute("ROLLBACK")
+        outsider.close()
+    assert response.status_code == 503, response.text
+    assert response.json()["error"] == "api.store_unavailable"
+    assert api.admin.get("/v1/clients/blocked").status_code == 404
+    assert api.admin.post("/v1/clients", json={"name": "unblocked"}).status_code == 201
+    assert api.admin.delete("/v1/clients/unblocked").status_code == 204
 
 
 def test_a_missing_backup_dir_is_503_and_nothing_takes_its_name(api):

@@ -152,7 +152,17 @@ def test_cli_takes_a_bare_date_and_offsets(cli, store):
         assert '"before": "2020-01-01T00:00:00.000Z"' in run.out
 
 
-@pytest.mark.parametrize("before", ["yesterday", "2020-01-01T00:00:00", "2999-01-01T00:00:00Z"])
+@pytest.mark.parametrize(
+    "before",
+    [
+        "yesterday",
+        "2020-01-01T00:00:00",
+        "2999-01-01T00:00:00Z",
+        "0001-01-01T00:00:00+01:00",  # RFC 3339, but before year 1 in UTC
+        "20200101T000000Z",  # ISO 8601's basic form is not RFC 3339
+        "2020-01-01T00:00:60Z",
+    ],
+)
 def test_cli_refuses_an_unusable_cutoff_with_exit_2(cli, store, before):
     """No zone, not a time, or in the future (would wipe the log)."""
     run = cli("--data-dir", str(store.path), "audit", "prune", "--before", before)

@@ -66,7 +66,7 @@ def tmpfs(mountpoint: Path, size: str, *, read_only: bool = False) -> Iterator[P
 
 def parse_backup_name(path: Path) -> datetime:
     """The RFC3339 UTC instant in ``portunus-state-<RFC3339>.db``."""
-    match = BACKUP_NAME.match(path.name)
+    match = BACKUP_NAME.fullmatch(path.name)
     assert match, path.name
     stamp = match["stamp"]
     assert RFC3339_UTC.match(stamp), stamp

@@ -43,10 +43,10 @@ log = structlog.get_logger()
 
 # What portunus.engine.backup.backup_name writes: seconds, or microseconds
 # when two backups land in the same second.
-BACKUP_NAME = re.compile(r"^portunus-state-(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d{6})?Z\.db$")
-NAME_ALIKE = re.compile(r"^portunus-state-.*\.db$")
+BACKUP_NAME = re.compile(r"portunus-state-(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d{6})?Z\.db")
+NAME_ALIKE = re.compile(r"portunus-state-.*\.db")
 DURATION_PART = re.compile(r"(\d+)([smhdwy])")
-DURATION = re.compile(r"^(\d+[smhdwy])+$")
+DURATION = re.compile(r"(\d+[smhdwy])+")
 DURATION_UNITS = {
     "s": timedelta(seconds=1),
     "m": timedelta(minutes=1),
@@ -62,7 +62,7 @@ def parse_duration(text: str) -> timedelta:
     """``"30d"``, ``"12h"``, ``"1w3d"``: s, m (minutes), h, d, w, y (365 d).
 
     Raises ValueError for anything else."""
-    if not DURATION.match(text):
+    if not DURATION.fullmatch(text):
         raise ValueError(f"not a duration: {text!r}")
     return sum(
         (int(n) * DURATION_UNITS[unit] for n, unit in DURATION_PART.findall(text)), timedelta()
@@ -191,7 +191,7 @@ def rfc3339(at: datetime) -> str:
 
 def time_from_name(name: str) -> datetime | None:
     """The UTC time a backup name carries, or None if it is not a backup name."""
-    match = BACKUP_NAME.match(name)
+    match = BACKUP_NAME.fullmatch(name)
     if not match:
         return None
     try:
@@ -299,9 +299,9 @@ def _is_sidecar_name(name: str) -> bool:
 
 
 def _name_alike(name: str) -> Impostor | None:
-    if BACKUP_NAME.match(name):
+    if BACKUP_NAME.fullmatch(name):
         return Impostor(name, "the time in its name is not a valid date")
-    if NAME_ALIKE.match(name):
+    if NAME_ALIKE.fullmatch(name):
         return Impostor(name, "its name does not carry an RFC3339 UTC time")
     return None
 

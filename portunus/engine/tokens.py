@@ -18,7 +18,7 @@ from portunus.store.lock import StoreLock
 
 log = structlog.get_logger()
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 OPERATOR_TOKEN_PREFIX = "ptk_"
 
 
@@ -33,7 +33,7 @@ def hash_token(token: str) -> bytes:
 
 
 def validate_name(name: str) -> str:
-    if not NAME_PATTERN.match(name or ""):
+    if not NAME_PATTERN.fullmatch(name or ""):
         raise UsageError(
             f"invalid name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit",

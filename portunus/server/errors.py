@@ -153,6 +153,15 @@ def as_portunus_error(exc: BaseException) -> PortunusError:
     speak the API's error language too."""
     if isinstance(exc, PortunusError):
         return exc
+    if isinstance(exc, apsw.BusyError):
+        # Only another process can hold the write lock past the busy
+        # timeout: the server's writes all go through its one writer.
+        return Unavailable(
+            f"the store stayed locked by another process: {exc}",
+            event="api.store_unavailable",
+            hint="something outside the server (a sqlite3 shell?) holds a write "
+            "transaction on state.db; end it; nothing was half-written",
+        )
     if isinstance(exc, STORE_FAILURES):
         return Unavailable(
             f"the store could not be used: {exc}",

@@ -10,12 +10,14 @@ import ipaddress
 import json
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
+
+from sanic.request import Request
 
 from portunus.engine.tokens import NAME_PATTERN
 from portunus.server.errors import InvalidInput
 from portunus.server.model.rules import RuleSpec, Target
+from portunus.store import audit
 
 ROLES = ("admin", "viewer")
 PROTOCOLS = ("tcp", "udp")
@@ -140,7 +142,7 @@ def choice(body: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> str:
 
 def name(body: Mapping[str, Any], key: str) -> str:
     value = body[key]
-    if not isinstance(value, str) or not NAME_PATTERN.match(value):
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
         raise InvalidInput(
             f"{key} must be 1-64 letters, digits, '.', '_' or '-', starting with a letter "
             f"or digit, got {_show(value)}",
@@ -174,10 +176,11 @@ def is_host(value: str) -> bool:
 # --- query strings -----------------------------------------------------------
 
 
-def query(args: list[tuple[str, str]], allowed: tuple[str, ...]) -> dict[str, str]:
-    """Query parameters as a dict; unknown or repeated ones are refused."""
+def query(request: Request, allowed: tuple[str, ...]) -> dict[str, str]:
+    """Query parameters as a dict; unknown or repeated ones are refused, and
+    so are blank ones (``?client=`` must not mean "every client")."""
     seen: dict[str, str] = {}
-    for key, value in args:
+    for key, value in request.get_query_args(keep_blank_values=True):
         if key not in allowed:
             raise InvalidInput(
                 f"unknown query parameter {key!r}; allowed: {', '.join(allowed)}", field=key
@@ -215,15 +218,13 @@ def timestamp(params: Mapping[str, str], key: str) -> str | None:
     if raw is None:
         return None
     try:
-        when = datetime.fromisoformat(raw.replace("z", "Z"))
+        return audit.stored_time(audit.parse_time(raw))
+    except audit.NoTimeZone:
+        raise InvalidInput(f"{key} needs a time zone (Z or +hh:mm)", field=key) from None
     except ValueError:
         raise InvalidInput(
             f"{key} must be an RFC 3339 time such as 2026-05-08T02:00:00Z", field=key
         ) from None
-    if when.tzinfo is None:
-        raise InvalidInput(f"{key} needs a time zone (Z or +hh:mm)", field=key)
-    stamp = when.astimezone(UTC).isoformat(timespec="milliseconds")
-    return stamp.replace("+00:00", "Z")
 
 
 def resource_id(raw: str, what: str) -> int:

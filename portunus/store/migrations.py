@@ -24,7 +24,7 @@ from portunus.store.sqlitefile import APPLICATION_ID
 
 log = structlog.get_logger()
 
-_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_MIGRATION_NAME = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def available_migrations() -> tuple[Migration, ...]:
     """Every migration shipped in this binary, in version order."""
     found = []
     for entry in resources.files("portunus.store").joinpath("migrations").iterdir():
-        match = _MIGRATION_NAME.match(entry.name)
+        match = _MIGRATION_NAME.fullmatch(entry.name)
         if match:
             found.append(Migration(int(match[1]), match[2], entry.read_text("utf-8")))
     found.sort(key=lambda m: m.version)

@@ -25,7 +25,7 @@ bp = Blueprint("admin", url_prefix="/v1/admin")
 @bp.post("/backup")
 @requires(ADMIN)
 async def take_backup(request: Request) -> HTTPResponse:
-    validate.query(request.query_args, ())
+    validate.query(request, ())
     if request.body.strip() not in (b"", b"{}"):
         validate.only_fields(validate.json_object(request.body), required=())
     ctx = request.app.ctx

@@ -16,7 +16,7 @@ bp = Blueprint("audit")
 @bp.get("/v1/audit")
 @requires(VIEWER)
 async def list_audit(request: Request) -> HTTPResponse:
-    params = validate.query(request.query_args, ("since", "until", "cursor", "limit"))
+    params = validate.query(request, ("since", "until", "cursor", "limit"))
     entries, next_cursor = await request.app.ctx.store.read(
         _page,
         validate.timestamp(params, "since"),

@@ -25,7 +25,7 @@ async def create_client(request: Request) -> HTTPResponse:
 @bp.get("")
 @requires(VIEWER)
 async def list_clients(request: Request) -> HTTPResponse:
-    validate.query(request.query_args, ())
+    validate.query(request, ())
     return json({"clients": await request.app.ctx.store.read(clients.list_all)})
 
 

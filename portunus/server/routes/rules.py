@@ -25,7 +25,7 @@ async def create_rule(request: Request) -> HTTPResponse:
 @bp.get("/v1/rules")
 @requires(VIEWER)
 async def list_rules(request: Request) -> HTTPResponse:
-    params = validate.query(request.query_args, ("client", "protocol", "cursor", "limit"))
+    params = validate.query(request, ("client", "protocol", "cursor", "limit"))
     if "client" in params:
         validate.name(params, "client")
     if "protocol" in params:
@@ -69,7 +69,7 @@ async def delete_rule(request: Request, rule_id: str) -> HTTPResponse:
 @bp.get("/v1/client/rules")
 @requires(CLIENT)
 async def client_rules(request: Request) -> HTTPResponse:
-    validate.query(request.query_args, ())
+    validate.query(request, ())
     client = request.ctx.principal
     found = await request.app.ctx.store.read(rules.enabled_for_client, client.id)
     return json({"client": client.name, "rules": found})

@@ -27,7 +27,7 @@ async def create_token(request: Request) -> HTTPResponse:
 @bp.get("")
 @requires(VIEWER)
 async def list_tokens(request: Request) -> HTTPResponse:
-    validate.query(request.query_args, ())
+    validate.query(request, ())
     return json({"tokens": await request.app.ctx.store.read(tokens.list_all)})
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -12,6 +14,7 @@ from portunus.datadir import DataDir
 from portunus.engine.audit_prune import prune_audit, to_stored_time
 from portunus.errors import InputMissing, NotAStateDatabase
 from portunus.store.connection import open_store
+from tests.test_cli_backup import tmpfs
 
 NOW = datetime.now(UTC)
 
@@ -173,3 +176,18 @@ def test_cli_on_an_empty_data_dir_is_exit_5(cli, tmp_path):
     """No state.db, no prune."""
     run = cli("--data-dir", str(tmp_path), "audit", "prune")
     assert run.code == 5 and run.has_event("audit.store_missing")
+
+
+def test_cli_on_a_read_only_store_is_exit_74_not_a_bug(cli, store, tmp_path):
+    """A store SQLite cannot open for writing (read-only filesystem): 74 with
+    audit.prune_failed, no traceback; the store is as it was."""
+    add_audit_rows(store, [400, 1])
+    with tmpfs(tmp_path / "ro", "4m") as mount:
+        shutil.copy(store.state_db, mount / "state.db")
+        before = (mount / "state.db").read_bytes()
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        run = cli("--data-dir", str(mount), "audit", "prune", "--before", "2026-01-01")
+        assert run.code == 74, run.err
+        assert run.has_event("audit.prune_failed"), run.err
+        assert "internal_error" not in run.err
+        assert (mount / "state.db").read_bytes() == before

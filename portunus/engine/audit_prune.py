@@ -68,8 +68,9 @@ def prune_audit(
     actor: str = "cli",
 ) -> AuditPruneResult:
     """Delete ``audit_log`` rows with ``at`` before ``before`` (or count them)."""
-    conn = _open(data_dir)
+    conn = None
     try:
+        conn = _open(data_dir)
         cutoff = to_stored_time(before)
         matched, oldest = _matching(conn, cutoff)
         log.info(
@@ -117,6 +118,13 @@ def _open(data_dir: DataDir) -> apsw.Connection:
         # Every schema version has had this audit_log table since migration 1.
         version = migrations.stored_schema_version(conn, path)
         migrations.refuse_if_too_new(version, path)
+        log.info(
+            "startup.store_opened",
+            msg="store open to prune its audit log (not migrated: a server may run it)",
+            path=str(path),
+            schema_version=version,
+            mode="read-write",
+        )
     except BaseException:
         close_quietly(conn)
         raise

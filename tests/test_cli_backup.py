@@ -373,6 +373,8 @@ def test_full_destination_exits_74_with_no_partial_and_no_temp_file(cli, big_sto
         run = cli("--data-dir", str(big_store.path), "backup", "--out", str(full / "b.db"))
         assert_backup_failed(run, 74, "backup.io_error")
         assert listing(full) == set()
+    # Said in words an operator acts on (apsw's own text can be "not an error").
+    assert "disk is full" in run.err, run.err
 
 
 def test_full_destination_directory_out_leaves_nothing_either(cli, big_store, tmp_path):

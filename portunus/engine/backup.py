@@ -38,7 +38,7 @@ from portunus.errors import (
     WouldOverwrite,
 )
 from portunus.store import migrations
-from portunus.store.connection import close_quietly, open_readonly
+from portunus.store.connection import close_quietly, describe_failure, open_readonly
 from portunus.store.sqlitefile import has_sqlite_header, is_regular_file
 
 log = structlog.get_logger()
@@ -477,7 +477,7 @@ def _io_error(exc: BaseException, path: Path) -> PortunusError:
             hint="run portunus-server verify on state.db; restore from an older backup",
             path=str(path),
         )
-    detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    detail = describe_failure(exc)
     return StorageIOError(
         f"backup failed ({path}): {detail}",
         event="backup.io_error",

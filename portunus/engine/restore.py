@@ -20,7 +20,7 @@ from portunus.engine import artefact, durable
 from portunus.engine.checksum import CHUNK, ensure_matches, read_sidecar
 from portunus.errors import NotAStateDatabase, PortunusError, StorageIOError, WouldOverwrite
 from portunus.store import migrations
-from portunus.store.connection import close_quietly, open_standalone, open_store
+from portunus.store.connection import close_quietly, describe_failure, open_standalone, open_store
 from portunus.store.lock import StoreLock
 from portunus.store.sqlitefile import has_sqlite_header
 
@@ -192,7 +192,7 @@ def _io_error(exc: BaseException, source: Path) -> PortunusError:
             hint="the file is damaged; use another backup",
             path=str(source),
         )
-    detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    detail = describe_failure(exc)
     return StorageIOError(
         f"restore of {source} failed: {detail}; the previous state is intact",
         event="restore.io_error",

@@ -75,3 +75,28 @@ def close_quietly(conn: apsw.Connection | None) -> None:
     """Close a connection; safe to call twice or on None."""
     if conn is not None:
         conn.close()
+
+
+# What an operator should read for SQLite's storage errors: once SQLite has
+# rolled back, the message an apsw error carries can be as unhelpful as
+# "not an error" (SQLite's text for the connection's *current* state).
+_STORAGE_WORDS = (
+    (apsw.FullError, "the disk is full"),
+    (apsw.ReadOnlyError, "the file or its filesystem is read-only"),
+    (apsw.CantOpenError, "the file cannot be opened (missing, permissions, read-only filesystem)"),
+    (apsw.IOError, "an I/O error"),
+    (apsw.BusyError, "another process held the database locked"),
+)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A short human account of a storage failure: SQLite's or the OS's."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    for kind, words in _STORAGE_WORDS:
+        if isinstance(exc, kind):
+            detail = str(exc).removeprefix(f"{type(exc).__name__}: ")
+            if detail in ("", "not an error", "database or disk is full"):
+                return words
+            return f"{words} ({detail})"
+    return str(exc)

@@ -414,6 +414,31 @@ def test_state_db_that_is_not_sqlite_exits_7(cli, data_dir, dest):
     assert listing(dest) == set()
 
 
+def test_a_truncated_state_db_exits_7_naming_the_source(cli, big_store, dest):
+    """Damage in state.db is the source's: 7, the path is state.db, nothing written."""
+    with open(big_store.state_db, "r+b") as f:
+        f.truncate(big_store.state_db.stat().st_size // 2)
+    run = cli("--data-dir", str(big_store.path), "backup", "--out", str(dest / "b.db"))
+    assert_backup_failed(run, 7, "backup.source_corrupt")
+    failed = next(e for e in run.events if e["event"] == "backup.source_corrupt")
+    assert failed["path"] == str(big_store.state_db)
+    assert listing(dest) == set()
+
+
+def test_a_store_on_a_read_only_filesystem_is_74_naming_the_source(cli, big_store, tmp_path, dest):
+    """A stopped WAL store SQLite cannot open (no -shm on a read-only fs): the
+    message and path are the source's, not the destination's."""
+    with tmpfs(tmp_path / "ro", "4m") as mount:
+        shutil.copy(big_store.state_db, mount / "state.db")
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        run = cli("--data-dir", str(mount), "backup", "--out", str(dest / "b.db"))
+        assert_backup_failed(run, 74, "backup.io_error")
+        failed = next(e for e in run.events if e["event"] == "backup.io_error")
+        assert failed["path"] == str(mount / "state.db")
+        assert "cannot read the store" in failed["msg"]
+    assert listing(dest) == set()
+
+
 def test_symlinked_state_db_exits_7(cli, store, tmp_path, dest):
     """state.db as a symlink (even to a real store) is refused with 7."""
     linked = DataDir(tmp_path / "linked")

@@ -127,7 +127,7 @@ def backup(
     except BaseException as exc:
         durable.remove_if_present(*durable.sqlite_family(tmp))
         if isinstance(exc, apsw.Error | OSError):
-            raise _io_error(exc, final) from exc
+            raise _io_error(exc, final, source) from exc
         raise
     finally:
         checkpoint.finish()
@@ -282,10 +282,7 @@ def _copy(
 ) -> _Copy:
     src = dst = None
     try:
-        src = open_readonly(source)
-        # No mmap: mapped pages count towards RSS, and memory must stay flat
-        # whatever the store's size.
-        src.execute("BEGIN")
+        src = _open_snapshot(source)
         version = migrations.stored_schema_version(src, source)
         migrations.refuse_if_too_new(version, source)
         log.info(
@@ -310,6 +307,29 @@ def _copy(
     finally:
         close_quietly(dst)
         close_quietly(src)
+
+
+def _open_snapshot(source: Path) -> apsw.Connection:
+    """A read-only connection to the store inside the read transaction the
+    whole copy keeps. A failure here is the source's, not the destination's."""
+    src = None
+    try:
+        src = open_readonly(source)
+        src.execute("BEGIN")
+        src.execute("SELECT 1 FROM sqlite_schema LIMIT 1").fetchall()  # the snapshot starts here
+        return src
+    except (apsw.CorruptError, apsw.NotADBError):
+        close_quietly(src)
+        raise
+    except apsw.Error as exc:
+        close_quietly(src)
+        raise StorageIOError(
+            f"cannot read the store {source}: {describe_failure(exc)}",
+            event="backup.io_error",
+            hint="check permissions on the data dir and state.db (a stopped WAL store "
+            "needs a writable data dir for its -shm file); nothing was written",
+            path=str(source),
+        ) from exc
 
 
 def _step_until_done(
@@ -467,15 +487,16 @@ def _publish_sidecar(digest: str, final: Path) -> Path:
     return sidecar_path(final)
 
 
-def _io_error(exc: BaseException, path: Path) -> PortunusError:
+def _io_error(exc: BaseException, path: Path, source: Path | None = None) -> PortunusError:
     if isinstance(exc, PortunusError):
         return exc
     if isinstance(exc, apsw.CorruptError | apsw.NotADBError):
+        # The destination is a file this backup wrote itself: the damage is the source's.
         return NotAStateDatabase(
             f"the source store is damaged: {exc}",
             event="backup.source_corrupt",
             hint="run portunus-server verify on state.db; restore from an older backup",
-            path=str(path),
+            path=str(source or path),
         )
     detail = describe_failure(exc)
     return StorageIOError(

@@ -171,6 +171,29 @@ def test_restore_never_modifies_its_input(cli, data_dir, backup_file):
     assert sorted(p.name for p in backup_file.parent.iterdir()) == names
 
 
+@pytest.mark.parametrize("name", [".restore-0123456789ab.db", ".restore-keepme.db"])
+def test_an_input_inside_the_data_dir_named_like_a_stage_is_not_swept(
+    cli, store, backup_file, name
+):
+    """The stale-stage sweep removes a killed restore's files, never the input."""
+    own = store.path / name
+    shutil.copy(backup_file, own)
+    run = restore(cli, store, own, "--force")
+    assert run.code == 0, run.err
+    assert own.read_bytes() == backup_file.read_bytes()
+    assert client_names(store.state_db) == client_names(backup_file)
+
+
+def test_only_a_restores_own_stage_names_are_swept(cli, store, backup_file):
+    """An operator's .restore-notes.txt stays; .restore-<12 hex>.db goes."""
+    (store.path / ".restore-notes.txt").write_text("mine")
+    (store.path / ".restore-0123456789ab.db").write_bytes(b"partial")
+    run = restore(cli, store, backup_file, "--force")
+    assert run.code == 0, run.err
+    assert (store.path / ".restore-notes.txt").read_text() == "mine"
+    assert not (store.path / ".restore-0123456789ab.db").exists()
+
+
 def test_restored_store_opens_for_the_next_command(cli, data_dir, backup_file):
     """The restored store opens and migrates cleanly: bootstrap-admin finds its admin (6)."""
     assert restore(cli, data_dir, backup_file).code == 0

@@ -181,13 +181,13 @@ def test_legacy_files_are_warned_about_one_by_one_and_stale_restores_swept(serve
     data.mkdir(mode=0o700)
     for name in LEGACY_FILES:
         (data / name).write_text("{}")
-    (data / ".restore-abc123.db").write_bytes(b"partial")
+    (data / ".restore-abc123abc123.db").write_bytes(b"partial")
     server = start_server(data, write_config(serve_tmp / "s.toml", free_port()), env)
     server.stop()
     warned = [e["path"] for e in server.events() if e["event"] == "startup.legacy_file_ignored"]
     assert sorted(warned) == sorted(str(data / n) for n in LEGACY_FILES)
     assert all((data / n).read_text() == "{}" for n in LEGACY_FILES)
-    assert not (data / ".restore-abc123.db").exists()
+    assert not (data / ".restore-abc123abc123.db").exists()
     assert "startup.stale_restore_removed" in server.event_names()
 
 

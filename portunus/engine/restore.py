@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from portunus.store.sqlitefile import has_sqlite_header
 log = structlog.get_logger()
 
 STAGE_PREFIX = ".restore-"
+_STAGE_NAME = re.compile(r"\.restore-[0-9a-f]{12}\.db(?:-journal|-wal|-shm)?")
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ def restore(data_dir: DataDir, source: Path, *, force: bool = False) -> RestoreR
                 hint="run 'portunus-server reset --confirm' first, or pass --force",
                 path=str(data_dir.state_db),
             )
-        sweep_stale_stages(data_dir)
+        sweep_stale_stages(data_dir, keep=source)
         try:
             staged = durable.create_exclusive(data_dir.path, STAGE_PREFIX, ".db")
         except OSError as exc:
@@ -175,13 +177,25 @@ def _checkpoint_previous(state_db: Path) -> None:
         close_quietly(conn)
 
 
-def sweep_stale_stages(data_dir: DataDir) -> list[Path]:
+def sweep_stale_stages(data_dir: DataDir, keep: Path | None = None) -> list[Path]:
     """Remove the staged copies killed restores left in the data dir; the
-    caller holds the store lock, so none of them belongs to a live restore."""
-    leftovers = sorted(data_dir.path.glob(f"{STAGE_PREFIX}*"))
-    for leftover in leftovers:
-        durable.remove_if_present(leftover)
+    caller holds the store lock, so none of them belongs to a live restore.
+    Only names a restore makes (``.restore-<12 hex>.db`` and SQLite's files
+    beside it), never ``keep`` (a restore's own input)."""
+    leftovers = []
+    for path in sorted(data_dir.path.iterdir()):
+        if not _STAGE_NAME.fullmatch(path.name) or (keep and _same_file(path, keep)):
+            continue
+        durable.remove_if_present(path)
+        leftovers.append(path)
     return leftovers
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _io_error(exc: BaseException, source: Path) -> PortunusError:

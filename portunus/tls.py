@@ -95,15 +95,25 @@ def load_or_generate(
 
 
 def check_key_permissions(key_path: Path) -> None:
-    """Refuse a key that is not a regular file, or that group or others can read."""
-    info = key_path.lstat()
+    """Refuse a key that is not a regular file, or that group or others can
+    read. A symlink is followed (certbot's live/ -> archive/ layout): what
+    is checked is the file the key is read from."""
+    target = Path(os.path.realpath(key_path))
+    try:
+        info = target.stat()
+    except OSError as exc:  # a dangling symlink, an unreadable directory
+        raise _invalid(f"cannot read {key_path}: {exc.strerror}", "fix the path", key_path) from exc
+    via = f" (the symlink {key_path} points there)" if target != key_path else ""
     if not stat.S_ISREG(info.st_mode):
-        raise _invalid(f"{key_path} is not a regular file", "use a plain file, mode 0600", key_path)
+        raise _invalid(
+            f"{target} is not a regular file{via}", "use a plain file, mode 0600", key_path
+        )
     if info.st_mode & 0o077:
+        mode = stat.S_IMODE(info.st_mode)
         raise RefusedByConfiguration(
-            f"{key_path} is accessible by group or others (mode {stat.S_IMODE(info.st_mode):04o})",
+            f"{target} is accessible by group or others (mode {mode:04o}){via}",
             event="startup.tls_key_permissions",
-            hint=f"chmod 600 {key_path}",
+            hint=f"chmod 600 {target}",
             path=str(key_path),
             mode=f"{stat.S_IMODE(info.st_mode):04o}",
         )

@@ -126,6 +126,30 @@ def test_a_key_readable_by_group_or_others_is_refused_78(pair, mode):
     assert "chmod 600" in refused.value.hint
 
 
+def test_a_symlinked_key_is_followed_and_its_target_checked(tmp_path):
+    """certbot's live/ -> archive/ layout: a 0600 target loads; a 0644 target
+    is refused naming the target; a dangling link is refused, not a crash."""
+    archive, live = tmp_path / "archive", tmp_path / "live"
+    archive.mkdir()
+    live.mkdir()
+    tls.generate_self_signed(archive / "cert1.pem", archive / "privkey1.pem", ())
+    for name in ("cert1.pem", "privkey1.pem"):
+        (live / name.replace("1", "")).symlink_to(archive / name)
+    material = tls.load_or_generate(live / "cert.pem", live / "privkey.pem", may_generate=False)
+    assert material.context is not None
+
+    (archive / "privkey1.pem").chmod(0o644)
+    with pytest.raises(RefusedByConfiguration) as refused:
+        tls.load_or_generate(live / "cert.pem", live / "privkey.pem", may_generate=False)
+    assert refused.value.event == "startup.tls_key_permissions"
+    assert refused.value.hint == f"chmod 600 {archive / 'privkey1.pem'}"
+
+    (archive / "privkey1.pem").unlink()
+    with pytest.raises(RefusedByConfiguration) as refused:
+        tls.load_or_generate(live / "cert.pem", live / "privkey.pem", may_generate=False)
+    assert refused.value.exit_code == 78
+
+
 @pytest.mark.parametrize("missing", [0, 1], ids=["cert", "key"])
 def test_half_a_pair_is_refused_not_overwritten(pair, missing):
     """One file alone might be the operator's: never replaced silently."""

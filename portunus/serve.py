@@ -16,8 +16,10 @@ to be the one that serves and the last one to exit. See docs/api.md.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
+import signal
 import socket
 import time
 from dataclasses import dataclass
@@ -39,6 +41,7 @@ from portunus.tls import TlsMaterial, load_or_generate
 log = structlog.get_logger()
 
 BACKLOG = 1024
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 @dataclass(frozen=True)
@@ -60,20 +63,90 @@ class Listen:
         return f"{'https' if tls else 'http'}://{host}:{self.port}"
 
 
+class StopRequested(BaseException):
+    """SIGTERM / SIGINT before sanic took the signals over (during start-up).
+
+    A BaseException, as KeyboardInterrupt is: it unwinds the start-up
+    through every ``finally`` (a migration's transaction rolls back, the
+    store is closed and its WAL checkpointed, the lock released) and is
+    caught only in :func:`serve`."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signal = signal.Signals(signum).name
+
+
 def serve(rt: Runtime) -> None:
     """Run the API until SIGTERM / SIGINT; raises PortunusError on refusal."""
     started = time.monotonic()
     data_dir = rt.data_dir
-    check_supported_filesystem(data_dir.path)
-    data_dir.ensure()
-    with StoreLock(data_dir.lock, "serve"):
-        sweep_stale_restores(data_dir)
-        _serve_locked(rt.settings, data_dir)
+    _stop_on_signals()
+    try:
+        check_supported_filesystem(data_dir.path)
+        data_dir.ensure()
+        with StoreLock(data_dir.lock, "serve"):
+            sweep_stale_restores(data_dir)
+            _serve_locked(rt.settings, data_dir)
+    except StopRequested as stop:
+        log.info(
+            "server.stopped",
+            msg=f"stopped by {stop.signal} during start-up; store closed, lock released",
+            signal=stop.signal,
+            uptime_secs=round(time.monotonic() - started, 1),
+        )
+        return
     log.info(
         "server.stopped",
         msg="stopped cleanly; WAL checkpointed, lock released",
         uptime_secs=round(time.monotonic() - started, 1),
     )
+
+
+def _stop_on_signals() -> None:
+    """Until sanic installs its own handlers, SIGTERM / SIGINT unwind the
+    start-up (StopRequested), once: a second signal must not interrupt the
+    clean-up the first one started."""
+
+    def stop(signum: int, _frame: object) -> None:
+        _ignore_stop_signals()
+        raise StopRequested(signum)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, stop)
+
+
+def _hand_stop_signals_to(app) -> None:
+    """From here until sanic installs its own handlers, a stop signal is kept
+    rather than raised (unwinding sanic's own start-up would log it as a
+    failure) and delivered again once sanic serves: it is then the ordinary
+    drain and clean stop, right after ``server.listening``."""
+    pending: list[int] = []
+    deliveries: list[asyncio.Task] = []  # a reference, so the task is not collected
+
+    def keep(signum: int, _frame: object) -> None:
+        pending.append(signum)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, keep)
+
+    @app.after_server_start  # sanic's handlers are in place by now
+    async def deliver_kept_stop(app, loop) -> None:
+        if pending:
+            deliveries.append(loop.create_task(_deliver_once_serving(app, pending[0])))
+
+
+async def _deliver_once_serving(app, signum: int) -> None:
+    # sanic's stop is loop.stop(): raised while the start-up listeners still
+    # run, it would end that run_until_complete instead of the serving loop.
+    # is_running is set between the two.
+    while not app.state.is_running:
+        await asyncio.sleep(0.01)
+    signal.raise_signal(signum)
+
+
+def _ignore_stop_signals() -> None:
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _serve_locked(settings: Settings, data_dir: DataDir) -> None:
@@ -92,7 +165,11 @@ def _serve_locked(settings: Settings, data_dir: DataDir) -> None:
         warn_about_legacy_files(data_dir)
         sock = bind(listen)
         app = create_app(settings, store, url=listen.url(tls is not None))
+        _hand_stop_signals_to(app)
         run(app, sock, tls)
+        # sanic's loop is closed and its handlers gone: the final checkpoint
+        # and the unlock below are not to be cut short by a second signal.
+        _ignore_stop_signals()
     finally:
         if store is not None:
             store.close()

@@ -26,6 +26,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from portunus.engine import durable
 from portunus.errors import RefusedByConfiguration
+from portunus.ownership import give_to_directory_owner
 
 log = structlog.get_logger()
 
@@ -148,6 +149,8 @@ def generate_self_signed(cert_path: Path, key_path: Path, extra_names: tuple[str
         mode=0o600,
     )
     durable.write_atomically(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    for path in (key_path, cert_path):
+        give_to_directory_owner(path)
 
 
 def subject_alt_names(extra_names: tuple[str, ...] = ()) -> list[x509.GeneralName]:

@@ -20,6 +20,7 @@ from portunus.datadir import DataDir
 from portunus.engine import artefact, durable
 from portunus.engine.checksum import CHUNK, ensure_matches, read_sidecar
 from portunus.errors import NotAStateDatabase, PortunusError, StorageIOError, WouldOverwrite
+from portunus.ownership import give_to_directory_owner
 from portunus.store import migrations
 from portunus.store.connection import close_quietly, describe_failure, open_standalone, open_store
 from portunus.store.lock import StoreLock
@@ -83,6 +84,8 @@ def restore(data_dir: DataDir, source: Path, *, force: bool = False) -> RestoreR
         except OSError as exc:
             raise _io_error(exc, source) from exc
         try:
+            # Before SQLite opens it, so its -journal follows the owner too.
+            give_to_directory_owner(staged)
             result = _stage_and_check(source, staged, data_dir, existed)
             _swap_in(staged, data_dir)
         except BaseException as exc:

@@ -14,6 +14,7 @@ import structlog
 from portunus.datadir import DataDir
 from portunus.engine import durable
 from portunus.errors import NotAStateDatabase, StorageIOError
+from portunus.ownership import give_to_directory_owner
 from portunus.store import migrations
 from portunus.store.connection import close_quietly, open_store
 from portunus.store.sqlitefile import has_sqlite_header
@@ -70,9 +71,13 @@ def _create_private(state_db: Path) -> None:
     """Create state.db 0600 before SQLite opens it: SQLite would use the
     umask (0644), and gives its -wal and -shm the database file's mode."""
     try:
-        os.close(os.open(state_db, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        fd = os.open(state_db, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except FileExistsError:
-        pass
+        return
+    try:
+        give_to_directory_owner(state_db, fd)
+    finally:
+        os.close(fd)
 
 
 def _drop_orphan_wal(data_dir: DataDir) -> None:

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from portunus.errors import StorageIOError, StoreInUse
+from portunus.ownership import give_to_directory_owner
 
 
 class StoreLock:
@@ -58,7 +59,7 @@ class StoreLock:
         try:
             # O_NOFOLLOW: a planted symlink must not make us create or
             # truncate a file elsewhere.
-            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise StorageIOError(
                 f"cannot open the lock file {self.path}: {exc.strerror}",
@@ -66,6 +67,12 @@ class StoreLock:
                 hint="check that the data dir exists, is writable, and the lock is a plain file",
                 path=str(self.path),
             ) from exc
+        try:
+            give_to_directory_owner(self.path, fd)
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
 
 
 def _read_holder(fd: int) -> tuple[str, str]:

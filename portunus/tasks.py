@@ -60,6 +60,10 @@ def operator_task(
     def decorate(body: Callable) -> Any:
         @functools.wraps(body)
         def run(c: Any, *args: Any, **kwargs: Any) -> Any:
+            if not log_setup.is_configured():
+                # Plain ``invoke``: no Program configured logging, and an
+                # error before runtime.build must still be logfmt on stderr.
+                log_setup.configure("logfmt")
             try:
                 return body(c, *args, **kwargs)
             except PortunusError as error:

@@ -138,3 +138,16 @@ def test_invoke_prune_dry_run_and_exit_codes(deployment):
     run = invoke("config.check", "--file", str(bad), env=env)
     assert run.code == 78
     assert "keep_last" in run.out
+
+
+@pytest.mark.parametrize(
+    "args", [["restore"], ["bootstrap-admin"], ["backup"]], ids=["restore", "bootstrap", "backup"]
+)
+def test_a_usage_error_a_task_finds_is_logfmt_on_stderr_and_exit_2(tmp_path, env, args):
+    """No Program configured logging under invoke: the task does it, so the
+    line is the same logfmt on stderr that portunus-server prints."""
+    env = {**env, "STATE_DIRECTORY": str(tmp_path / "data")}
+    run = invoke(*args, env=env)
+    assert run.code == 2, run.err
+    assert run.out == ""
+    assert run.err.startswith("level=error event=cli.usage_error "), run.err

@@ -342,6 +342,14 @@ def test_existing_sidecar_exits_6_and_nothing_is_written(cli, store, dest):
     assert sidecar.read_text() == "0" * 64 + "  b.db\n"
 
 
+@pytest.mark.parametrize("name", ["new\nline.db", "back\\slash.db", "cr\r.db"])
+def test_a_name_a_sidecar_cannot_hold_is_a_usage_error(cli, store, dest, name):
+    """sha256sum -c (and verify) could not read such a sidecar back: 2, nothing written."""
+    run = cli("--data-dir", str(store.path), "backup", "--out", str(dest / name))
+    assert_backup_failed(run, 2, "cli.usage_error")
+    assert listing(dest) == set()
+
+
 def test_out_in_a_missing_directory_exits_74_and_creates_nothing(cli, store, tmp_path):
     """--out in a directory that does not exist: 74, the directory is not created."""
     out = tmp_path / "no" / "such" / "dir" / "b.db"

@@ -35,6 +35,7 @@ from portunus.errors import (
     NotAStateDatabase,
     PortunusError,
     StorageIOError,
+    UsageError,
     WouldOverwrite,
 )
 from portunus.store import migrations
@@ -47,6 +48,7 @@ BACKUP_PREFIX = "portunus-state-"
 TEMP_PREFIX = ".portunus-backup-"
 STEP_PAGES = 4096  # 16 MiB at 4 KiB pages: progress every fraction of a second
 VERIFY_LEVELS = ("none", "quick", "full")
+UNSIDECARABLE = frozenset("\n\r\\")
 BACKGROUND_NICE = 10  # verification yields the cores to a server on the same machine
 NAME_ATTEMPTS = 100  # fresh names tried when concurrent backups share a directory
 # An unlocked temporary file untouched this long was left by a killed backup.
@@ -196,6 +198,14 @@ def _destination(out: Path, directory: bool) -> tuple[Path, bool]:
             final = out / backup_name(now, precise=True)
     else:
         final = out
+        if set(final.name) & UNSIDECARABLE:
+            # sha256sum -c would need its escaped form for such a name, and
+            # a name with a newline in it is a typo, not a choice.
+            raise UsageError(
+                f"refusing the backup name {final.name!r}: it holds a newline, "
+                "carriage return or backslash",
+                hint="pick a plain name (date-stamped is the convention), or --out a directory",
+            )
     if not final.parent.is_dir():
         raise StorageIOError(
             f"the destination directory {final.parent} does not exist",

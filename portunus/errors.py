@@ -24,7 +24,19 @@ EXIT_CODES: dict[int, str] = {
     75: "store in use by a running server (try again later)",
     78: "configuration refuses to run: schema newer than binary, "
     "unsupported filesystem, invalid server.toml, TLS key permissions",
+    130: "interrupted by SIGINT (Ctrl-C): cleaned up, nothing half-written",
+    143: "stopped by SIGTERM: cleaned up, nothing half-written",
 }
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM turned into an exception like SIGINT's KeyboardInterrupt, so
+    a command stopped by either unwinds its clean-up (temp files, staged
+    copies, the lock) and exits 128 + the signal's number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 class PortunusError(Exception):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -69,7 +70,20 @@ def operator_task(
             except PortunusError as error:
                 report(error)
                 code, reason = error.exit_code, error.event
-            except (Exit, KeyboardInterrupt):
+            except Exit:
+                raise
+            except KeyboardInterrupt as interrupted:
+                # SIGINT, or SIGTERM (errors.Interrupted): the clean-up ran on
+                # the way out; say so for alerting, then exit 128 + signal.
+                if failure_event:
+                    signum = getattr(interrupted, "signum", signal.SIGINT)
+                    log.error(
+                        failure_event,
+                        msg="interrupted; its temporary files were removed",
+                        reason="interrupted",
+                        signal=signal.Signals(signum).name,
+                        exit_code=128 + signum,
+                    )
                 raise
             except BrokenPipeError:
                 silence_stdout()

@@ -582,3 +582,25 @@ def test_the_next_backup_sweeps_what_a_killed_one_left(
     swept = [e for e in parse_events(run.err) if e["event"] == "backup.stale_temp_removed"]
     assert [Path(e["path"]).name for e in swept] == [n for n in left if n.endswith(".tmp")]
     assert artefact_digest(Path(run.out.strip())) == new_state.digest
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_backup_stopped_by_a_signal_cleans_up_and_says_so(
+    tmp_path: Path, crash_env, new_state: NewState, sig
+):
+    """systemd stopping the backup unit (SIGTERM) or Ctrl-C mid-copy: no
+    temp file left, nothing published, backup.failed reason=interrupted,
+    exit 128 + the signal."""
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = backup_victim(crash_env, new_state.source, out)
+    if victim.wait_for(copying(out)) is None:
+        pytest.skip("the backup finished before it could be interrupted")
+    victim.proc.send_signal(sig)
+    _, err = victim.proc.communicate(timeout=60)
+    if victim.proc.returncode == 0:
+        pytest.skip("the backup finished before the signal arrived")
+    assert victim.proc.returncode == 128 + sig, err
+    assert os.listdir(out) == [], err
+    failed = [e for e in support.parse_events(err) if e["event"] == "backup.failed"]
+    assert [(e["reason"], e["exit_code"]) for e in failed] == [("interrupted", 128 + sig)], err

@@ -118,16 +118,21 @@ def backup(
     source = _checked_source(data_dir)
     final, named_here = _destination(out, directory)
     sweep_stale_temps(final.parent)
-    tmp, held = _create_temp(final.parent)
+    tmp = held = None
     checkpoint = _SourceCheckpoint(source)
     try:
+        # A SIGTERM/SIGINT between creating the temp file and this try would
+        # leave it behind: held off until both names are bound.
+        with durable.signals_deferred():
+            tmp, held = _create_temp(final.parent)
         copied = _copy(source, tmp, held, progress, on_snapshot_released=checkpoint.start)
         copy_seconds = time.monotonic() - started
         digest, size = _verify_and_hash(tmp, verify)
         verify_seconds = time.monotonic() - started - copy_seconds
         final, sidecar = _publish(tmp, final, digest if checksum else None, named_here)
     except BaseException as exc:
-        durable.remove_if_present(*durable.sqlite_family(tmp))
+        if tmp is not None:
+            durable.remove_if_present(*durable.sqlite_family(tmp))
         if isinstance(exc, apsw.Error | OSError):
             raise _io_error(exc, final, source) from exc
         raise
@@ -135,7 +140,8 @@ def backup(
         checkpoint.finish()
         # Last: closing any descriptor of a file drops the process's POSIX
         # locks on it, and SQLite's connections to it are all closed by now.
-        os.close(held)
+        if held is not None:
+            os.close(held)
     result = BackupResult(
         final,
         sidecar,

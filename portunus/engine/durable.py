@@ -7,6 +7,7 @@ import ctypes
 import errno
 import os
 import secrets
+import signal
 from pathlib import Path
 
 from portunus.errors import WouldOverwrite
@@ -127,3 +128,15 @@ def remove_if_present(*paths: Path) -> None:
 def sqlite_family(path: Path) -> list[Path]:
     """A database file and every sidecar SQLite may have created beside it."""
     return [path, *(Path(f"{path}{suffix}") for suffix in ("-journal", "-wal", "-shm"))]
+
+
+@contextlib.contextmanager
+def signals_deferred(signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)):
+    """Hold ``signals`` back (this thread) for a few statements that must not
+    be split, such as creating a file and binding the name that cleans it up;
+    one that arrived meanwhile is delivered on the way out."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

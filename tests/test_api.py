@@ -462,6 +462,43 @@ def test_bad_input_anywhere_is_400_naming_the_field(api, method, path, body, fie
     assert response.json()["field"] == field
 
 
+@pytest.mark.parametrize(
+    ("content", "field"),
+    [
+        (b'{"name": "dup-a", "name": "dup-b"}', "name"),
+        (
+            b'{"client": "edge-a", "protocol": "tcp", "listen_start": 8100,'
+            b' "targets": [{"host": "10.0.0.1", "port": 80, "port": 81}]}',
+            "port",
+        ),
+    ],
+)
+def test_a_key_given_twice_is_400_naming_it_and_nothing_is_written(api, content, field):
+    """JSON lets a key repeat and Python keeps the last: a guess, so refused."""
+    before = audit_count(api)
+    path = "/v1/clients" if b'"name"' in content else "/v1/rules"
+    response = api.admin.post(path, content=content, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["field"] == field
+    assert audit_count(api) == before
+
+
+def test_the_audit_row_names_the_client_as_stored_whatever_the_spelling(api):
+    """Client names are case-insensitive: EDGE-A is edge-a, in the rule and its audit row."""
+    created = api.admin.post("/v1/rules", json={**RULE, "client": "EDGE-A", "listen_start": 8200})
+    assert created.status_code == 201, created.text
+    assert created.json()["client"] == "edge-a"
+    latest = api.viewer.get("/v1/audit", params={"limit": 1}).json()["entries"][0]
+    assert latest["details"]["client"] == "edge-a"
+    api.admin.delete(f"/v1/rules/{created.json()['id']}")
+
+
+def test_oversize_headers_are_413_saying_headers(api):
+    response = api.admin.get("/v1/rules", headers={"X-Padding": "x" * 9000})
+    assert response.status_code == 413
+    assert "headers" in response.json()["message"]
+
+
 def test_an_oversize_body_is_413(api):
     """Bodies above 64 KiB are refused before they are parsed."""
     huge = {**RULE, "client": "x" * (70 * 1024)}

@@ -175,6 +175,11 @@ def as_portunus_error(exc: BaseException) -> PortunusError:
     if isinstance(exc, exceptions.MethodNotAllowed):
         return MethodNotAllowed(str(exc))
     if isinstance(exc, exceptions.PayloadTooLarge):
+        if "header" in str(exc).lower():
+            return PayloadTooLarge(
+                "request line and headers too large",
+                hint="the request line and headers are limited to 8 KiB together",
+            )
         return PayloadTooLarge("request body too large", hint="bodies are limited to 64 KiB")
     if isinstance(exc, exceptions.SanicException) and 400 <= exc.status_code < 500:
         return _client_error(exc)

@@ -35,11 +35,34 @@ def json_object(body: bytes) -> dict[str, Any]:
     if not body:
         raise InvalidInput("the request needs a JSON object body", field="body")
     try:
-        value = json.loads(body)
+        value = json.loads(body, object_pairs_hook=_refuse_duplicate_keys)
+    except DuplicateKey as exc:
+        raise InvalidInput(
+            f"{exc.key!r} is given twice in one object; give it once", field=exc.key
+        ) from None
     except (ValueError, RecursionError) as exc:
         raise InvalidInput(f"the body is not valid JSON: {exc}", field="body") from None
     if not isinstance(value, dict):
         raise InvalidInput("the body must be a JSON object", field="body")
+    return value
+
+
+class DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """JSON allows a key twice and Python keeps the last: which one the
+    client meant is a guess, so neither is taken."""
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKey(key)
+            seen.add(key)
     return value
 
 

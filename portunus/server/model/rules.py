@@ -53,9 +53,11 @@ class RuleSpec:
     enabled: bool
     targets: tuple[Target, ...]
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, client: str) -> dict[str, Any]:
+        """For the audit row; ``client`` as stored (a request may spell it
+        in another case: client names are case-insensitive)."""
         return {
-            "client": self.client,
+            "client": client,
             "protocol": self.protocol,
             "listen_start": self.listen_start,
             "listen_end": self.listen_end,
@@ -74,7 +76,7 @@ def create(conn: apsw.Connection, spec: RuleSpec, actor: str) -> dict[str, Any]:
     )
     rule_id = conn.last_insert_rowid()
     _insert_targets(conn, rule_id, spec.targets)
-    audit.record(conn, actor, "rule.create", f"rule:{rule_id}", **spec.summary())
+    audit.record(conn, actor, "rule.create", f"rule:{rule_id}", **spec.summary(client))
     # Built from what was just written rather than read back: one write is
     # one short stay on the writer thread.
     return _as_dict(rule_id, client, spec, now, now)
@@ -92,7 +94,7 @@ def replace(conn: apsw.Connection, rule_id: int, spec: RuleSpec, actor: str) -> 
     conn.execute("DELETE FROM rule_targets WHERE rule_id=?", (rule_id,))
     _insert_targets(conn, rule_id, spec.targets)
     audit.record(
-        conn, actor, "rule.update", f"rule:{rule_id}", before=_summary(before), **spec.summary()
+        conn, actor, "rule.update", f"rule:{rule_id}", before=_summary(before), **spec.summary(client)
     )
     return _as_dict(rule_id, client, spec, before["created_at"], now)
 

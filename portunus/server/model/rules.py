@@ -94,7 +94,12 @@ def replace(conn: apsw.Connection, rule_id: int, spec: RuleSpec, actor: str) -> 
     conn.execute("DELETE FROM rule_targets WHERE rule_id=?", (rule_id,))
     _insert_targets(conn, rule_id, spec.targets)
     audit.record(
-        conn, actor, "rule.update", f"rule:{rule_id}", before=_summary(before), **spec.summary(client)
+        conn,
+        actor,
+        "rule.update",
+        f"rule:{rule_id}",
+        before=_summary(before),
+        **spec.summary(client),
     )
     return _as_dict(rule_id, client, spec, before["created_at"], now)
 

@@ -330,6 +330,8 @@ def _open_snapshot(source: Path) -> apsw.Connection:
     whole copy keeps. A failure here is the source's, not the destination's."""
     src = None
     try:
+        # No mmap (SQLite's default): mapped pages count towards RSS, and
+        # memory must stay flat whatever the store's size.
         src = open_readonly(source)
         src.execute("BEGIN")
         src.execute("SELECT 1 FROM sqlite_schema LIMIT 1").fetchall()  # the snapshot starts here

@@ -130,9 +130,9 @@ def _hand_stop_signals_to(app) -> None:
         signal.signal(sig, keep)
 
     @app.after_server_start  # sanic's handlers are in place by now
-    async def deliver_kept_stop(app, loop) -> None:
+    async def deliver_kept_stop(app) -> None:
         if pending:
-            deliveries.append(loop.create_task(_deliver_once_serving(app, pending[0])))
+            deliveries.append(asyncio.create_task(_deliver_once_serving(app, pending[0])))
 
 
 async def _deliver_once_serving(app, signum: int) -> None:

@@ -710,6 +710,8 @@ def test_no_request_in_this_module_was_a_500(api):
     assert not [e for e in events if e["event"] in ("internal_error", "server.framework_log")]
     # 503s are documented answers (a test above takes the backup dir away).
     assert not [e for e in events if e["event"] == "http.request" and e["status"] == 500]
+    strays = [line for line in api.server.stderr().splitlines() if not line.startswith("{")]
+    assert strays == [], strays  # every stderr line is an event
 
 
 def test_every_route_is_wrapped_by_the_request_log():

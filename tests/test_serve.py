@@ -160,6 +160,9 @@ def test_a_signal_stops_the_server_checkpointing_the_wal_and_releasing_the_lock(
     assert names.index("server.listening") < names.index("server.stopping")
     assert names[-1] == "server.stopped"
     assert "internal_error" not in names and "server.framework_log" not in names
+    # Logs are an API: every line on stderr is an event (no stray warnings).
+    strays = [line for line in server.stderr().splitlines() if not line.startswith("{")]
+    assert strays == [], strays
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

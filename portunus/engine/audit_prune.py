@@ -118,11 +118,10 @@ def _open(data_dir: DataDir) -> apsw.Connection:
         # Every schema version has had this audit_log table since migration 1.
         version = migrations.stored_schema_version(conn, path)
         migrations.refuse_if_too_new(version, path)
-        log.info(
-            "startup.store_opened",
-            msg="store open to prune its audit log (not migrated: a server may run it)",
-            path=str(path),
-            schema_version=version,
+        migrations.log_store_opened(
+            path,
+            version,
+            "store open to prune its audit log (not migrated: a server may run it)",
             mode="read-write",
         )
     except BaseException:

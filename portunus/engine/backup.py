@@ -301,11 +301,10 @@ def _copy(
         src = _open_snapshot(source)
         version = migrations.stored_schema_version(src, source)
         migrations.refuse_if_too_new(version, source)
-        log.info(
-            "startup.store_opened",
-            msg="store open for an online backup (read-only snapshot)",
-            path=str(source),
-            schema_version=version,
+        migrations.log_store_opened(
+            source,
+            version,
+            "store open for an online backup (a read-only snapshot)",
             mode="read-only",
         )
         dst = apsw.Connection(str(tmp))

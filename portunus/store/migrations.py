@@ -125,10 +125,14 @@ def handshake(conn: apsw.Connection, path: Path, *, allow_empty: bool = False) -
             from_version=before,
             to_version=result.to_version,
         )
-    log.info(
-        "startup.store_opened", msg="store open", path=str(path), schema_version=result.to_version
-    )
+    log_store_opened(path, result.to_version)
     return result
+
+
+def log_store_opened(path: Path, version: int, msg: str = "store open", **extra: str) -> None:
+    """The handshake's ``startup.store_opened`` line: every command that opens
+    the store says so (``mode``: how, when not migrated read-write)."""
+    log.info("startup.store_opened", msg=msg, path=str(path), schema_version=version, **extra)
 
 
 def _apply_pending(conn: apsw.Connection, current: int, path: Path) -> None:

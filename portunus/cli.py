@@ -18,7 +18,7 @@ from invoke.exceptions import Exit, ParseError, UnexpectedExit
 from invoke.parser import Argument
 
 from portunus import __version__, log
-from portunus.errors import EXIT_CODES, Interrupted
+from portunus.errors import EXIT_CODES
 from portunus.tasks import collection, silence_stdout
 
 logger = structlog.get_logger()
@@ -100,10 +100,6 @@ class PortunusProgram(Program):
 
     def run(self, argv: list[str] | None = None, exit: bool = True) -> int:
         log.configure(_log_format_asked(sys.argv[1:] if argv is None else argv))
-        # SIGTERM (systemd stopping a backup unit, a timeout) unwinds like
-        # Ctrl-C, so temp files and staged copies are removed; serve installs
-        # its own handlers for its drain.
-        signal.signal(signal.SIGTERM, _raise_interrupted)
         code = self._run_steps(argv)
         if exit:
             sys.exit(code)
@@ -132,15 +128,11 @@ class PortunusProgram(Program):
             return exc.code
         except UnexpectedExit as exc:
             return exc.result.exited
-        except KeyboardInterrupt as exc:
+        except KeyboardInterrupt as exc:  # errors.Interrupted: see portunus.tasks
             return 128 + getattr(exc, "signum", signal.SIGINT)
         except BrokenPipeError:
             silence_stdout()
         return 0
-
-
-def _raise_interrupted(signum: int, _frame: object) -> None:
-    raise Interrupted(signum)
 
 
 GLOBAL_VALUE_FLAGS = ("--data-dir", "--config", "--log-format")

@@ -7,6 +7,7 @@ Kept free of imports from the rest of the package to avoid import loops.
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 # The one exit-code table. README.md and ``portunus-server --help`` render it;
@@ -27,6 +28,10 @@ EXIT_CODES: dict[int, str] = {
     130: "interrupted by SIGINT (Ctrl-C): cleaned up, nothing half-written",
     143: "stopped by SIGTERM: cleaned up, nothing half-written",
 }
+
+
+# The signals that stop a command (Ctrl-C, systemd): see portunus.tasks.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Interrupted(KeyboardInterrupt):

@@ -30,7 +30,7 @@ import structlog
 from portunus.config import Settings
 from portunus.datadir import LEGACY_FILES, DataDir, check_supported_filesystem
 from portunus.engine.restore import sweep_stale_stages
-from portunus.errors import RefusedByConfiguration
+from portunus.errors import STOP_SIGNALS, RefusedByConfiguration
 from portunus.runtime import Runtime
 from portunus.server import ServerStore, create_app
 from portunus.store.connection import close_quietly
@@ -41,7 +41,6 @@ from portunus.tls import TlsMaterial, load_or_generate
 log = structlog.get_logger()
 
 BACKLOG = 1024
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 @dataclass(frozen=True)
@@ -63,35 +62,26 @@ class Listen:
         return f"{'https' if tls else 'http'}://{host}:{self.port}"
 
 
-class StopRequested(BaseException):
-    """SIGTERM / SIGINT before sanic took the signals over (during start-up).
-
-    A BaseException, as KeyboardInterrupt is: it unwinds the start-up
-    through every ``finally`` (a migration's transaction rolls back, the
-    store is closed and its WAL checkpointed, the lock released) and is
-    caught only in :func:`serve`."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signal = signal.Signals(signum).name
-
-
 def serve(rt: Runtime) -> None:
     """Run the API until SIGTERM / SIGINT; raises PortunusError on refusal."""
     started = time.monotonic()
     data_dir = rt.data_dir
-    _stop_on_signals()
     try:
         check_supported_filesystem(data_dir.path)
         data_dir.ensure()
         with StoreLock(data_dir.lock, "serve"):
             sweep_stale_restores(data_dir)
             _serve_locked(rt.settings, data_dir)
-    except StopRequested as stop:
+    except KeyboardInterrupt as stop:
+        # A stop signal before sanic took the signals over (the task's
+        # errors.Interrupted): it unwound the start-up through every
+        # ``finally`` (a migration rolled back, the store closed with its WAL
+        # checkpointed, the lock released). A clean stop, not a failure.
+        name = signal.Signals(getattr(stop, "signum", signal.SIGINT)).name
         log.info(
             "server.stopped",
-            msg=f"stopped by {stop.signal} during start-up; store closed, lock released",
-            signal=stop.signal,
+            msg=f"stopped by {name} during start-up; store closed, lock released",
+            signal=name,
             uptime_secs=round(time.monotonic() - started, 1),
         )
         return
@@ -100,19 +90,6 @@ def serve(rt: Runtime) -> None:
         msg="stopped cleanly; WAL checkpointed, lock released",
         uptime_secs=round(time.monotonic() - started, 1),
     )
-
-
-def _stop_on_signals() -> None:
-    """Until sanic installs its own handlers, SIGTERM / SIGINT unwind the
-    start-up (StopRequested), once: a second signal must not interrupt the
-    clean-up the first one started."""
-
-    def stop(signum: int, _frame: object) -> None:
-        _ignore_stop_signals()
-        raise StopRequested(signum)
-
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, stop)
 
 
 def _hand_stop_signals_to(app) -> None:

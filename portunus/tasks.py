@@ -8,13 +8,15 @@ here, in :func:`operator_task`, and nowhere else.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ from portunus.engine import restore as restore_engine
 from portunus.engine import retention, tokens
 from portunus.engine import status as status_engine
 from portunus.engine import verify as verify_engine
-from portunus.errors import PortunusError, UsageError
+from portunus.errors import STOP_SIGNALS, Interrupted, PortunusError, UsageError
 from portunus.store import audit
 from portunus.store.lock import probe_holder
 
@@ -65,44 +67,73 @@ def operator_task(
                 # Plain ``invoke``: no Program configured logging, and an
                 # error before runtime.build must still be logfmt on stderr.
                 log_setup.configure("logfmt")
-            try:
-                return body(c, *args, **kwargs)
-            except PortunusError as error:
-                report(error)
-                code, reason = error.exit_code, error.event
-            except Exit:
-                raise
-            except KeyboardInterrupt as interrupted:
-                # SIGINT, or SIGTERM (errors.Interrupted): the clean-up ran on
-                # the way out; say so for alerting, then exit 128 + signal.
-                if failure_event:
-                    signum = getattr(interrupted, "signum", signal.SIGINT)
+            with stop_signals_interrupt():
+                try:
+                    return body(c, *args, **kwargs)
+                except PortunusError as error:
+                    report(error)
+                    code, reason = error.exit_code, error.event
+                except Exit:
+                    raise
+                except KeyboardInterrupt as interrupted:
+                    # SIGINT, or SIGTERM (errors.Interrupted): the clean-up ran on
+                    # the way out; say so for alerting, then exit 128 + signal.
+                    if failure_event:
+                        signum = getattr(interrupted, "signum", signal.SIGINT)
+                        log.error(
+                            failure_event,
+                            msg="interrupted; its temporary files were removed",
+                            reason="interrupted",
+                            signal=signal.Signals(signum).name,
+                            exit_code=128 + signum,
+                        )
+                    raise
+                except BrokenPipeError:
+                    silence_stdout()
+                    raise Exit(code=0) from None
+                except Exception as exc:
                     log.error(
-                        failure_event,
-                        msg="interrupted; its temporary files were removed",
-                        reason="interrupted",
-                        signal=signal.Signals(signum).name,
-                        exit_code=128 + signum,
+                        "internal_error",
+                        msg=f"unexpected error: {exc!r}",
+                        hint="this is a bug; please report it with this log",
+                        exc_info=True,
                     )
-                raise
-            except BrokenPipeError:
-                silence_stdout()
-                raise Exit(code=0) from None
-            except Exception as exc:
-                log.error(
-                    "internal_error",
-                    msg=f"unexpected error: {exc!r}",
-                    hint="this is a bug; please report it with this log",
-                    exc_info=True,
-                )
-                code, reason = 1, "internal_error"
-            if failure_event:
-                log.error(failure_event, msg="operation failed", reason=reason, exit_code=code)
-            raise Exit(code=code)
+                    code, reason = 1, "internal_error"
+                if failure_event:
+                    log.error(failure_event, msg="operation failed", reason=reason, exit_code=code)
+                raise Exit(code=code)
 
         return task(*task_args, **task_kwargs)(run)
 
     return decorate
+
+
+@contextlib.contextmanager
+def stop_signals_interrupt() -> Iterator[None]:
+    """While a task runs, SIGINT and SIGTERM both raise errors.Interrupted (a
+    KeyboardInterrupt), once: systemd stopping a backup unit unwinds it as
+    Ctrl-C does, through every ``finally`` (temp files and staged copies
+    removed, the lock released), and a second signal cannot cut that
+    clean-up short. ``serve`` relies on it during its start-up and hands
+    the signals to sanic once it serves. The previous handlers come back
+    afterwards. Only the main thread can set handlers; elsewhere, nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, _frame: object) -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, interrupt)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
 def _runtime(c: Any) -> runtime.Runtime:

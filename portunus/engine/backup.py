@@ -53,7 +53,7 @@ BACKGROUND_NICE = 10  # verification yields the cores to a server on the same ma
 NAME_ATTEMPTS = 100  # fresh names tried when concurrent backups share a directory
 # An unlocked temporary file untouched this long was left by a killed backup.
 STALE_TEMP_SECS = 60.0
-_TEMP_NAME = re.compile(r"\.portunus-backup-[0-9a-f]+\.tmp")
+_TEMP_NAME = re.compile(durable.exclusive_name_pattern(TEMP_PREFIX, ".tmp"))
 
 Progress = Callable[[int, int], None]
 

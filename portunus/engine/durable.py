@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import re
 import secrets
 import signal
 from pathlib import Path
@@ -30,16 +31,25 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_RANDOM_BYTES = 6  # 12 hex digits between prefix and suffix
+
+
 def create_exclusive(directory: Path, prefix: str, suffix: str, mode: int = 0o600) -> Path:
     """Create an empty file with a fresh random name; never reuses a name."""
     while True:
-        path = directory / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        path = directory / f"{prefix}{secrets.token_hex(_RANDOM_BYTES)}{suffix}"
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         except FileExistsError:
             continue
         os.close(fd)
         return path
+
+
+def exclusive_name_pattern(prefix: str, suffix: str) -> str:
+    """A regex (source text) for exactly the names :func:`create_exclusive`
+    gives with ``prefix`` and ``suffix``: what a sweep of leftovers may touch."""
+    return f"{re.escape(prefix)}[0-9a-f]{{{2 * _RANDOM_BYTES}}}{re.escape(suffix)}"
 
 
 def publish_no_replace(tmp: Path, final: Path, *, event: str) -> None:

@@ -29,7 +29,9 @@ from portunus.store.sqlitefile import has_sqlite_header
 log = structlog.get_logger()
 
 STAGE_PREFIX = ".restore-"
-_STAGE_NAME = re.compile(r"\.restore-[0-9a-f]{12}\.db(?:-journal|-wal|-shm)?")
+_STAGE_NAME = re.compile(
+    durable.exclusive_name_pattern(STAGE_PREFIX, ".db") + "(?:-journal|-wal|-shm)?"
+)
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ import tomlkit
 from tomlkit.exceptions import TOMLKitError
 from tomlkit.items import InlineTable
 
-from portunus.engine.durable import write_atomically
-from portunus.engine.retention import parse_duration
+from portunus.durable import write_atomically
+from portunus.durations import parse_duration
 from portunus.errors import RefusedByConfiguration, StorageIOError
 
 log = structlog.get_logger()
@@ -479,29 +479,68 @@ def _edited(path: Path, text: str, key: Key, value: Any) -> tuple[str, Any]:
         raise _refused(path, problem) from None
     if not key.table:
         old = doc.get(key.name)
-        _set_top_level(doc, key.name, value)
-    else:
-        if key.table not in doc:
-            doc.add(key.table, tomlkit.table())
-        table = doc[key.table]
-        if not isinstance(table, dict):
-            raise _refused(path, Problem(None, key.table, "must be a table"))
-        old = table.get(key.name)
-        table[key.name] = value
-    return doc.as_string(), tomlkit.item(old).unwrap() if old is not None else None
+        return _set_top_level(doc, key.name, value), _unwrapped(old)
+    if key.table not in doc:
+        doc.add(key.table, tomlkit.table())
+    table = doc[key.table]
+    if not isinstance(table, dict):
+        raise _refused(path, Problem(None, key.table, "must be a table"))
+    old = table.get(key.name)
+    table[key.name] = value
+    return doc.as_string(), _unwrapped(old)
 
 
-def _set_top_level(doc: tomlkit.TOMLDocument, name: str, value: Any) -> None:
-    simple = [k for k, v in doc.items() if not isinstance(v, dict) or isinstance(v, InlineTable)]
-    if name in doc or not simple:
+def _unwrapped(old: Any) -> Any:
+    return tomlkit.item(old).unwrap() if old is not None else None
+
+
+def _set_top_level(doc: tomlkit.TOMLDocument, name: str, value: Any) -> str:
+    """Set a top-level key. A new one goes right after the last top-level
+    key, never between a table's header and the comment that introduces it
+    (tomlkit's own placement, which differs between its releases), so the
+    edit is made in the text; the caller validates the result."""
+    if name in doc or not any(_is_table(v) for v in doc.values()):
         doc[name] = value
-        return
-    # A new top-level key goes right after the last one, not after the
-    # comment that introduces the first [table] (where tomlkit puts it).
-    try:
-        doc._insert_after(simple[-1], name, value)
-    except Exception:  # private tomlkit API: fall back to its public, uglier placement
-        doc[name] = value
+        return doc.as_string()
+    text = doc.as_string()
+    at, gap = _end_of_top_level_keys(text)
+    return f"{text[:at]}{name} = {tomlkit.item(value).as_string()}\n{gap}{text[at:]}"
+
+
+def _is_table(item: Any) -> bool:
+    return isinstance(item, dict) and not isinstance(item, InlineTable) or isinstance(item, list)
+
+
+_HEADER_START = re.compile(r"^[ \t]*\[", re.M)
+_TRIVIA_LINE = re.compile(r"[ \t]*(#[^\n]*)?\n")
+
+
+def _end_of_top_level_keys(text: str) -> tuple[int, str]:
+    """Where a new top-level key goes, and what follows it: just after the
+    last top-level key, or, in a file of tables only, above the comment
+    block that introduces the first table (so that comment stays with it)."""
+    lines = text[: _first_header_offset(text)].splitlines(keepends=True)
+    trailing = []
+    while lines and _TRIVIA_LINE.fullmatch(lines[-1]):
+        trailing.insert(0, lines.pop())
+    if lines:
+        return sum(len(line) for line in lines), ""
+    while trailing and trailing[-1].lstrip().startswith("#"):
+        trailing.pop()  # the header's own comment block
+    return sum(len(line) for line in trailing), "\n"
+
+
+def _first_header_offset(text: str) -> int:
+    # A line that starts with "[" may sit inside a multi-line string: the
+    # real first header is the first one whose prefix parses as keys only.
+    for match in _HEADER_START.finditer(text):
+        try:
+            prefix = tomlkit.parse(text[: match.start()])
+        except TOMLKitError:
+            continue
+        if not any(_is_table(v) for v in prefix.values()):
+            return match.start()
+    return len(text)
 
 
 def _write_keeping_owner(path: Path, text: str, *, created: bool) -> None:

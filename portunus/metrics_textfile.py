@@ -17,7 +17,7 @@ from pathlib import Path
 
 import structlog
 
-from portunus.engine.durable import write_atomically
+from portunus.durable import write_atomically
 
 log = structlog.get_logger()
 

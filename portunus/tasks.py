@@ -27,6 +27,7 @@ from invoke import Collection, Exit, task
 from portunus import config, metrics_textfile, runtime
 from portunus import log as log_setup
 from portunus.datadir import DataDir, resolve_data_dir
+from portunus.durations import parse_duration
 from portunus.engine import audit_prune as audit_prune_engine
 from portunus.engine import backup as backup_engine
 from portunus.engine import reset as reset_engine
@@ -331,7 +332,7 @@ def _policy(settings: config.Settings) -> retention.Policy:
     return retention.Policy(
         **{f"keep_{rule}": settings.get(f"retention.keep_{rule}") for rule in retention.PERIODS},
         keep_last=settings.get("retention.keep_last"),
-        keep_within=retention.parse_duration(within) if within else None,
+        keep_within=parse_duration(within) if within else None,
     )
 
 

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from portunus.engine import durable
+from portunus import durable
 from portunus.errors import RefusedByConfiguration
 from portunus.ownership import give_to_directory_owner
 

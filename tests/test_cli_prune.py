@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from portunus.durations import parse_duration
 from portunus.engine.backup import backup, backup_name
-from portunus.engine.retention import Backup, Policy, parse_duration, time_from_name
+from portunus.engine.retention import Backup, Policy, time_from_name
 from tests.test_retention_properties import reference_kept
 
 FIRST = datetime(2024, 12, 1, 2, 0, tzinfo=UTC)

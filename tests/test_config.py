@@ -172,6 +172,38 @@ def test_set_keeps_comments_and_layout(tmp_path: Path):
     )
 
 
+@pytest.mark.parametrize(
+    ("original", "expected"),
+    [
+        pytest.param(  # the issue's file: the key must not join "# nightly backups"
+            '# my server\nlisten = "127.0.0.1:7443"\n\n# nightly backups\n[backup]\n'
+            'dir = "/srv/backups"\n',
+            '# my server\nlisten = "127.0.0.1:7443"\nlog_level = "debug"\n\n'
+            '# nightly backups\n[backup]\ndir = "/srv/backups"\n',
+            id="after-the-last-key",
+        ),
+        pytest.param(  # tables only: above the comment block that introduces the first
+            "# my server\n\n# nightly backups\n[backup]\ndir = '/b'\n",
+            "# my server\n\nlog_level = \"debug\"\n\n# nightly backups\n[backup]\ndir = '/b'\n",
+            id="tables-only",
+        ),
+        pytest.param(  # a "[" line inside a multi-line string is not a table header
+            'data_dir = """/b\n[x]"""\n# c\n[backup]\n',
+            'data_dir = """/b\n[x]"""\nlog_level = "debug"\n# c\n[backup]\n',
+            id="header-like-line-in-a-string",
+        ),
+    ],
+)
+def test_a_new_top_level_key_goes_after_the_last_top_level_key(tmp_path: Path, original, expected):
+    """tomlkit places a new key before the comment that leads into the first
+    table (and its releases differ); config set never tears a comment from
+    its table, whichever tomlkit pyproject.toml allows."""
+    path = tmp_path / "server.toml"
+    path.write_text(original)
+    config.set_value(path, "log_level", "debug")
+    assert path.read_text() == expected
+
+
 def test_set_reports_the_old_and_new_value_and_creates_a_missing_file(tmp_path: Path):
     """A first set creates the file, mode 0600."""
     path = tmp_path / "server.toml"

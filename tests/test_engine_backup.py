@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from portunus import durable
 from portunus.engine import backup as backup_engine
-from portunus.engine import durable
 from portunus.engine.checksum import sha256_file, sidecar_path
 from portunus.errors import PortunusError
 from tests.test_cli_backup import listing, parse_backup_name, tmpfs

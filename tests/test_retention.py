@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from portunus.durations import parse_duration
 from portunus.engine import retention
 from portunus.engine.backup import backup_name
 from portunus.engine.retention import Backup, Policy, plan
@@ -138,12 +139,12 @@ def test_an_empty_policy_keeps_everything():
 
 def test_durations():
     """Units and combinations; m is minutes, y is 365 days."""
-    assert retention.parse_duration("90m") == timedelta(minutes=90)
-    assert retention.parse_duration("1w3d") == timedelta(days=10)
-    assert retention.parse_duration("1y") == timedelta(days=365)
+    assert parse_duration("90m") == timedelta(minutes=90)
+    assert parse_duration("1w3d") == timedelta(days=10)
+    assert parse_duration("1y") == timedelta(days=365)
     for bad in ("", "30", "d", "3 d", "1.5h", "-1d", "30D"):
         with pytest.raises(ValueError):
-            retention.parse_duration(bad)
+            parse_duration(bad)
 
 
 def test_scan_classifies_backups_impostors_and_other_files(tmp_path: Path):

@@ -27,8 +27,9 @@ from pathlib import Path
 import apsw
 import structlog
 
+from portunus import durable
 from portunus.datadir import DataDir
-from portunus.engine import artefact, durable
+from portunus.engine import artefact
 from portunus.engine.checksum import sha256_file, sidecar_path, sidecar_text
 from portunus.errors import (
     InputMissing,

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import structlog
 
+from portunus import durable
 from portunus.datadir import LEGACY_FILES, STATE_DB, TLS_FILES, DataDir
-from portunus.engine import durable
 from portunus.errors import NotAStateDatabase, PortunusError
 from portunus.store.lock import StoreLock
 from portunus.store.sqlitefile import has_sqlite_header

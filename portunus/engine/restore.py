@@ -16,8 +16,9 @@ from pathlib import Path
 import apsw
 import structlog
 
+from portunus import durable
 from portunus.datadir import DataDir
-from portunus.engine import artefact, durable
+from portunus.engine import artefact
 from portunus.engine.checksum import CHUNK, ensure_matches, read_sidecar
 from portunus.errors import NotAStateDatabase, PortunusError, StorageIOError, WouldOverwrite
 from portunus.ownership import give_to_directory_owner

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import structlog
 
-from portunus.engine import durable
+from portunus import durable
 from portunus.engine.checksum import sidecar_path
 from portunus.errors import InputMissing, StorageIOError
 from portunus.store.sqlitefile import has_sqlite_header
@@ -45,28 +45,7 @@ log = structlog.get_logger()
 # when two backups land in the same second.
 BACKUP_NAME = re.compile(r"portunus-state-(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d{6})?Z\.db")
 NAME_ALIKE = re.compile(r"portunus-state-.*\.db")
-DURATION_PART = re.compile(r"(\d+)([smhdwy])")
-DURATION = re.compile(r"(\d+[smhdwy])+")
-DURATION_UNITS = {
-    "s": timedelta(seconds=1),
-    "m": timedelta(minutes=1),
-    "h": timedelta(hours=1),
-    "d": timedelta(days=1),
-    "w": timedelta(weeks=1),
-    "y": timedelta(days=365),
-}
 RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly", "within")
-
-
-def parse_duration(text: str) -> timedelta:
-    """``"30d"``, ``"12h"``, ``"1w3d"``: s, m (minutes), h, d, w, y (365 d).
-
-    Raises ValueError for anything else."""
-    if not DURATION.fullmatch(text):
-        raise ValueError(f"not a duration: {text!r}")
-    return sum(
-        (int(n) * DURATION_UNITS[unit] for n, unit in DURATION_PART.findall(text)), timedelta()
-    )
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from pathlib import Path
 import apsw
 import structlog
 
+from portunus import durable
 from portunus.datadir import DataDir
-from portunus.engine import durable
 from portunus.errors import NotAStateDatabase, StorageIOError
 from portunus.ownership import give_to_directory_owner
 from portunus.store import migrations

@@ -61,6 +61,18 @@ class DataDir:
                 path=str(self.path),
             ) from exc
 
+    def prepare_for_store(self) -> list[Path]:
+        """What every command that can create ``state.db`` does first (serve,
+        restore, bootstrap-admin): refuse a network or volatile filesystem
+        (78) before anything exists on it, then create the data dir (0700).
+        Returns the directories it created, deepest first (empty when the
+        data dir was there), so that a refusal can remove them again."""
+        check_supported_filesystem(self.path)
+        self.refuse_a_non_directory()
+        missing = _missing_dirs(self.path)
+        self.ensure()
+        return missing
+
     def refuse_a_non_directory(self) -> None:
         """78 when the path exists and is not a directory (a missing one is fine)."""
         if self.path.exists() and not self.path.is_dir():
@@ -70,6 +82,26 @@ class DataDir:
                 hint="check --data-dir (or data_dir in server.toml)",
                 path=str(self.path),
             )
+
+
+def _missing_dirs(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist, deepest first."""
+    missing = []
+    while not os.path.lexists(path) and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def remove_created_dirs(created: list[Path]) -> None:
+    """Undo :meth:`DataDir.prepare_for_store`: remove the directories it
+    created, deepest first, as long as each is empty again (an rmdir never
+    removes a file; another process's new file keeps its directory)."""
+    for path in created:
+        try:
+            os.rmdir(path)
+        except OSError:
+            return
 
 
 def resolve_data_dir(

@@ -28,7 +28,7 @@ from pathlib import Path
 import structlog
 
 from portunus.config import Settings
-from portunus.datadir import LEGACY_FILES, DataDir, check_supported_filesystem
+from portunus.datadir import LEGACY_FILES, DataDir
 from portunus.engine.restore import sweep_stale_stages
 from portunus.errors import STOP_SIGNALS, RefusedByConfiguration
 from portunus.runtime import Runtime
@@ -67,8 +67,7 @@ def serve(rt: Runtime) -> None:
     started = time.monotonic()
     data_dir = rt.data_dir
     try:
-        check_supported_filesystem(data_dir.path)
-        data_dir.ensure()
+        data_dir.prepare_for_store()
         with StoreLock(data_dir.lock, "serve"):
             sweep_stale_restores(data_dir)
             _serve_locked(rt.settings, data_dir)

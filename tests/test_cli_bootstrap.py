@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import apsw
 import pytest
@@ -11,6 +12,7 @@ from portunus.datadir import DataDir
 from portunus.store import migrations
 from portunus.store.lock import StoreLock
 from tests import support
+from tests.test_cli_backup import tmpfs
 
 
 def bootstrap(cli, data_dir, name: str = "ops-admin") -> support.Run:
@@ -128,3 +130,20 @@ def test_state_db_that_is_not_sqlite_exits_7_untouched(cli, data_dir):
     run = bootstrap(cli, data_dir)
     assert run.code == 7, run.err
     assert data_dir.state_db.read_text() == "garbage"
+
+
+@pytest.mark.parametrize("exists", [False, True], ids=["new-data-dir", "empty-data-dir"])
+def test_a_data_dir_on_tmpfs_is_refused_78_and_nothing_is_created(cli, tmp_path, exists):
+    """The filesystem check serve runs: a store made here is one serve would
+    refuse. 78, startup.unsupported_filesystem, no token, no file made."""
+    with tmpfs(tmp_path / "volatile", "1m") as volatile:
+        data_dir = DataDir(volatile / "data")
+        if exists:
+            data_dir.ensure()
+        run = bootstrap(cli, data_dir)
+        assert run.code == 78, run.err
+        refusal = [e for e in run.events if e["event"] == "startup.unsupported_filesystem"]
+        assert refusal and refusal[0]["filesystem"] == "tmpfs", run.err
+        assert run.out == ""
+        assert sorted(os.listdir(volatile)) == (["data"] if exists else [])
+        assert not exists or os.listdir(data_dir.path) == []

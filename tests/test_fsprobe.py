@@ -9,11 +9,13 @@ import pytest
 from structlog.testing import capture_logs
 
 from portunus.datadir import (
+    DataDir,
     _parse_mountinfo_line,
     _verdict,
     check_supported_filesystem,
     filesystem_type,
     probe_filesystem,
+    remove_created_dirs,
 )
 from portunus.errors import RefusedByConfiguration
 
@@ -124,3 +126,45 @@ def test_mountinfo_lines_are_parsed_with_escapes_and_optional_fields():
     line = "36 35 98:0 / /mnt/with\\040space rw,noatime master:1 shared:2 - nfs4 srv:/x rw"
     assert _parse_mountinfo_line(line) == ((98, 0), "/mnt/with space", "nfs4")
     assert _parse_mountinfo_line("garbage") is None
+
+
+def test_preparing_a_store_on_tmpfs_creates_nothing(tmpfs):
+    """The one check every command that can create state.db runs (serve,
+    restore, bootstrap-admin): refused before the data dir is made."""
+    data_dir = DataDir(tmpfs / "a" / "data")
+    with pytest.raises(RefusedByConfiguration) as refused:
+        data_dir.prepare_for_store()
+    assert refused.value.event == "startup.unsupported_filesystem"
+    assert list(tmpfs.iterdir()) == []
+
+
+def test_preparing_a_store_says_which_directories_it_created(tmp_path):
+    """Deepest first, so that a refused restore can remove them again."""
+    data_dir = DataDir(tmp_path / "a" / "b" / "data")
+    (tmp_path / "a").mkdir()
+    assert data_dir.prepare_for_store() == [data_dir.path, tmp_path / "a" / "b"]
+    assert data_dir.path.is_dir()
+    assert data_dir.prepare_for_store() == []
+    remove_created_dirs([data_dir.path, tmp_path / "a" / "b"])
+    assert sorted(tmp_path.iterdir()) == [tmp_path / "a"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "code"),
+    [
+        (["status"], 0),
+        (["status", "--json"], 0),
+        (["backup", "--out", "{out}"], 5),
+        (["audit", "prune"], 5),
+        (["audit", "prune", "--dry-run"], 5),
+        (["reset", "--confirm"], 0),
+    ],
+)
+def test_a_command_that_only_reads_creates_no_store_even_on_tmpfs(tmpfs, cli, tmp_path, argv, code):
+    """No store to read: the command says so and creates nothing (no data
+    dir, no state.db, no lock), so it needs no filesystem check of its own."""
+    data = tmpfs / "data"
+    argv = [a.format(out=tmp_path / "b.db") for a in argv]
+    run = cli("--data-dir", str(data), *argv)
+    assert run.code == code, run.err
+    assert list(tmpfs.iterdir()) == []

@@ -55,9 +55,10 @@ def create_operator_token(conn: apsw.Connection, name: str, role: str, actor: st
 
 def bootstrap_admin(data_dir: DataDir, name: str) -> str:
     """Create the store if needed and mint the first admin token (printed
-    once by the caller). Refuses (6) when an admin already exists."""
+    once by the caller). Refuses (78) a data dir on a filesystem serve
+    refuses, before creating anything; (6) when an admin already exists."""
     validate_name(name)
-    data_dir.ensure()
+    data_dir.prepare_for_store()
     with StoreLock(data_dir.lock, "bootstrap-admin"):
         conn, _ = open_live_store(data_dir)
         try:

@@ -3,12 +3,14 @@ code and the proof that nothing was lost."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import apsw
@@ -118,6 +120,23 @@ def corrupt_a_table_page_in_the_middle(path: Path) -> None:
     for i in range(start, start + 12):
         data[i] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+def flip_a_byte_inside_a_row(path: Path) -> None:
+    """Change one rule target's host from 10.0.0.1 to 10.0.0.0: a column no
+    index covers, so integrity_check cannot tell (SQLite has no page checksums)."""
+    data = bytearray(path.read_bytes())
+    at = data.rfind(b"10.0.0.1")
+    assert at > 0
+    data[at + 7] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def tree(path: Path) -> list[str] | None:
+    """Every name under ``path``, relative to it; None when it does not exist."""
+    if not os.path.lexists(path):
+        return None
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
 
 
 @pytest.fixture
@@ -468,13 +487,225 @@ def test_migration_failure_into_an_empty_data_dir_leaves_no_state_db(cli, data_d
     assert not data_dir.state_db.exists()
 
 
+@contextlib.contextmanager
+def small_ext4(tmp_path: Path, mib: int) -> Iterator[Path]:
+    """A real, small ext4 image on a loop device (restore refuses tmpfs, 78);
+    root only, skipped where it cannot be made or mounted."""
+    image, mount_point = tmp_path / "disk.img", tmp_path / "disk"
+    mount_point.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(mib * 1024 * 1024)
+    for argv in (
+        ["mkfs.ext4", "-q", "-F", "-m", "0", str(image)],
+        ["mount", "-o", "loop", str(image), str(mount_point)],
+    ):
+        try:
+            done = subprocess.run(argv, capture_output=True)
+        except FileNotFoundError:
+            pytest.skip(f"{argv[0]} is not installed")
+        if done.returncode != 0:
+            pytest.skip(f"cannot {argv[0]} here: {done.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def leave_free(directory: Path, free_bytes: int) -> None:
+    """Fill ``directory``'s filesystem with a ballast file until about ``free_bytes`` are left."""
+    stat = os.statvfs(directory)
+    ballast = stat.f_bavail * stat.f_frsize - free_bytes
+    if ballast > 0:
+        (directory / "ballast").write_bytes(b"\0" * ballast)
+
+
 def test_data_dir_filling_up_exits_74_and_keeps_the_previous_state(cli, tmp_path, big_backup):
     """No room to stage the copy: 74, the old store and nothing else in the data dir."""
-    with tmpfs(tmp_path / "small", "192k") as small:
-        data_dir = support.make_store(DataDir(small), clients=1)
-        free = os.statvfs(small)
+    with small_ext4(tmp_path, 4) as disk:
+        data_dir = support.make_store(DataDir(disk / "data"), clients=1)
+        leave_free(disk, big_backup.stat().st_size // 2)
+        free = os.statvfs(disk)
         assert big_backup.stat().st_size > free.f_bavail * free.f_frsize
         before = snapshot(data_dir)
         run = restore(cli, data_dir, big_backup, "--force")
         assert_refused_and_intact(run, 74, "restore.io_error", data_dir, before)
         assert cli("verify", str(data_dir.state_db)).code == 0
+
+
+# --- a refusal leaves the data dir as it found it ---------------------------------
+
+
+def _text_file(tmp_path: Path, backup: Path) -> Path:
+    path = tmp_path / "notes.db"
+    path.write_text("not a database\n")
+    return path
+
+
+def _live_store(tmp_path: Path, backup: Path) -> Path:
+    live = support.make_store(DataDir(tmp_path / "live"), clients=1)
+    leave_wal_behind(live, "only-in-wal")
+    return live.state_db
+
+
+def _truncated(tmp_path: Path, backup: Path) -> Path:
+    half = tmp_path / "half.db"
+    data = backup.read_bytes()
+    half.write_bytes(data[: len(data) // 2])
+    return half
+
+
+def _flipped_with_sidecar(tmp_path: Path, backup: Path) -> Path:
+    flip_a_byte_inside_a_row(backup)
+    return backup
+
+
+def _foreign(tmp_path: Path, backup: Path) -> Path:
+    path = tmp_path / "photos.db"
+    conn = apsw.Connection(str(path))
+    conn.execute("CREATE TABLE photos (id INTEGER PRIMARY KEY, path TEXT)")
+    conn.close()
+    return path
+
+
+def _too_new(tmp_path: Path, backup: Path) -> Path:
+    return _too_new_backup(backup)
+
+
+def _unmigratable(tmp_path: Path, backup: Path) -> Path:
+    return build_v1_store(tmp_path / "v1-backup.db", ("edge1", "EDGE1"))
+
+
+REFUSED_INPUTS = {
+    "missing": (5, "restore.input_missing", lambda tmp_path, backup: tmp_path / "no.db"),
+    "not-sqlite": (7, "restore.not_sqlite", _text_file),
+    "live-wal": (7, "restore.input_has_wal", _live_store),
+    "truncated": (7, "restore.integrity_failed", _truncated),
+    "checksum": (7, "restore.checksum_mismatch", _flipped_with_sidecar),
+    "foreign": (7, "restore.not_portunus_store", _foreign),
+    "too-new": (78, "startup.schema_version_too_new", _too_new),
+    "migration": (70, "startup.migration_failed", _unmigratable),
+}
+
+
+@pytest.mark.parametrize("kind", REFUSED_INPUTS)
+@pytest.mark.parametrize("found", ["missing", "empty", "config-only"])
+def test_a_refused_restore_into_a_new_data_dir_leaves_it_as_it_was(
+    cli, tmp_path, backup_file, kind, found
+):
+    """Each refusal (5, 7, 78, 70) into a data dir that did not exist (nor its
+    parent), was empty, or held only server.toml: the same files afterwards,
+    no state.db.lock, no directory created; and the refusal names the --in
+    file, never the staged .restore-<hex>.db copy."""
+    code, event, build = REFUSED_INPUTS[kind]
+    given = build(tmp_path, backup_file)
+    top = tmp_path / "new"
+    data_dir = DataDir(top / "data")
+    if found != "missing":
+        data_dir.ensure()
+    if found == "config-only":
+        data_dir.config.write_text("# mine\n")
+    before = tree(top)
+    run = restore(cli, data_dir, given)
+    assert run.code == code, run.err
+    refusal = [e for e in run.events if e["event"] == event]
+    assert refusal and refusal[0]["path"] == str(given), run.err
+    assert str(given) in refusal[0]["msg"]
+    assert ".restore-" not in run.err
+    assert tree(top) == before
+
+
+def test_a_refusal_for_a_non_empty_data_dir_creates_no_lock_file(cli, store, backup_file):
+    """6 on a data dir holding state.db but no state.db.lock (a copied data
+    dir): it is left without one."""
+    store.lock.unlink()
+    before = tree(store.path)
+    run = restore(cli, store, backup_file)
+    assert run.code == 6, run.err
+    assert tree(store.path) == before
+
+
+def test_a_refusal_keeps_a_lock_file_that_was_there(cli, store, tmp_path):
+    """Only what the restore created goes: an existing state.db.lock stays."""
+    v1 = build_v1_store(tmp_path / "v1-backup.db", ("edge1", "EDGE1"))
+    run = restore(cli, store, v1, "--force")
+    assert run.code == 70, run.err
+    assert store.lock.exists()
+
+
+def test_too_new_refusal_names_the_input_and_both_versions(cli, data_dir, backup_file):
+    """78: the operator reads which file, its schema version and the binary's."""
+    _too_new_backup(backup_file)
+    run = restore(cli, data_dir, backup_file)
+    assert run.code == 78, run.err
+    refusal = next(e for e in run.events if e["event"] == "startup.schema_version_too_new")
+    assert refusal["path"] == str(backup_file)
+    assert refusal["msg"].startswith(f"{backup_file} has schema version 99")
+    assert refusal["binary_schema_version"] == migrations.binary_schema_version()
+
+
+# --- without a checksum sidecar, say that the content was not checked ----------------
+
+
+def test_a_backup_without_its_sidecar_restores_with_a_warning(cli, data_dir, backup_file):
+    """No .sha256: exit 0, and a restore.checksum_absent warning naming the input."""
+    Path(f"{backup_file}.sha256").unlink()
+    run = restore(cli, data_dir, backup_file, "--json")
+    assert run.code == 0, run.err
+    assert json.loads(run.out)["checksum_verified"] is False
+    warning = [e for e in run.events if e["event"] == "restore.checksum_absent"]
+    assert warning and warning[0]["level"] == "warning", run.err
+    assert warning[0]["path"] == str(backup_file)
+    assert warning[0]["sidecar"] == f"{backup_file}.sha256"
+    assert ".sha256" in warning[0]["hint"]
+
+
+def test_a_backup_with_its_sidecar_restores_without_that_warning(cli, data_dir, backup_file):
+    """The sidecar was checked: no warning."""
+    run = restore(cli, data_dir, backup_file, "--json")
+    assert run.code == 0, run.err
+    assert json.loads(run.out)["checksum_verified"] is True
+    assert not run.has_event("restore.checksum_absent")
+
+
+def test_a_byte_flipped_inside_a_row_is_caught_only_by_the_sidecar(cli, tmp_path, backup_file):
+    """With its sidecar: 7. Without: integrity_check cannot see it, so the
+    restore goes on and says the content was not checked."""
+    flip_a_byte_inside_a_row(backup_file)
+    with_sidecar = DataDir(tmp_path / "with")
+    run = restore(cli, with_sidecar, backup_file)
+    assert_refused_and_intact(run, 7, "restore.checksum_mismatch", with_sidecar, {})
+    Path(f"{backup_file}.sha256").unlink()
+    without = DataDir(tmp_path / "without")
+    run = restore(cli, without, backup_file)
+    assert run.code == 0, run.err
+    assert run.has_event("restore.checksum_absent")
+
+
+def test_a_backup_missing_its_last_byte_beside_its_sidecar_exits_7(cli, store, backup_file):
+    """A transfer that lost one byte: the sidecar catches it, 7, state kept."""
+    data = backup_file.read_bytes()
+    backup_file.write_bytes(data[:-1])
+    before = snapshot(store)
+    run = restore(cli, store, backup_file, "--force")
+    assert_refused_and_intact(run, 7, "restore.checksum_mismatch", store, before)
+
+
+# --- the filesystem check every command that creates a store runs -------------------
+
+
+@pytest.mark.parametrize("exists", [False, True], ids=["new-data-dir", "empty-data-dir"])
+def test_a_data_dir_on_tmpfs_is_refused_78_and_nothing_is_created(
+    cli, tmp_path, backup_file, exists
+):
+    """As serve refuses it: a restore onto tmpfs would build a store the server
+    then refuses to open. 78, startup.unsupported_filesystem, no file made."""
+    with tmpfs(tmp_path / "volatile", "4m") as volatile:
+        data_dir = DataDir(volatile / "data")
+        if exists:
+            data_dir.ensure()
+        before = tree(volatile)
+        run = restore(cli, data_dir, backup_file)
+        assert run.code == 78, run.err
+        refusal = [e for e in run.events if e["event"] == "startup.unsupported_filesystem"]
+        assert refusal and refusal[0]["filesystem"] == "tmpfs", run.err
+        assert tree(volatile) == before

@@ -14,7 +14,13 @@ from portunus.engine import backup as backup_engine
 from portunus.store import migrations
 from tests import support
 from tests.test_cli_backup import listing
-from tests.test_cli_restore import corrupt_a_table_page_in_the_middle, write_sidecar
+from tests.test_cli_restore import (
+    corrupt_a_table_page_in_the_middle,
+    flip_a_byte_inside_a_row,
+    leave_wal_behind,
+    restore,
+    write_sidecar,
+)
 
 
 @pytest.fixture
@@ -61,11 +67,63 @@ def test_json_output_parses_and_matches_the_file(cli, backup_file):
 
 
 def test_backup_without_a_sidecar_verifies_with_checksum_absent(cli, backup_file):
-    """No .sha256: still 0, and the output says the checksum was absent."""
+    """No .sha256: still 0, the output says the checksum was absent, and a
+    verify.checksum_absent warning says the content could not be checked."""
     Path(f"{backup_file}.sha256").unlink()
     run = cli("verify", str(backup_file), "--json")
     assert run.code == 0, run.err
     assert json.loads(run.out)["checksum"] == "absent"
+    warning = [e for e in run.events if e["event"] == "verify.checksum_absent"]
+    assert warning and warning[0]["level"] == "warning", run.err
+    assert warning[0]["path"] == str(backup_file)
+    assert ".sha256" in warning[0]["hint"]
+
+
+def test_backup_with_its_sidecar_gives_no_checksum_warning(cli, backup_file):
+    """The sidecar was checked: no verify.checksum_absent."""
+    run = cli("verify", str(backup_file))
+    assert run.code == 0, run.err
+    assert not run.has_event("verify.checksum_absent")
+
+
+def test_a_byte_flipped_inside_a_row_is_caught_only_by_the_sidecar(cli, backup_file):
+    """SQLite has no page checksums: with the sidecar, 7; without it, verify
+    passes (integrity_check cannot see it) and warns that it could not tell."""
+    flip_a_byte_inside_a_row(backup_file)
+    assert_invalid(cli("verify", str(backup_file)), 7, "verify.checksum_mismatch")
+    Path(f"{backup_file}.sha256").unlink()
+    run = cli("verify", str(backup_file))
+    assert run.code == 0, run.err
+    assert run.has_event("verify.checksum_absent")
+
+
+def test_a_backup_missing_its_last_byte_beside_its_sidecar_exits_7(cli, backup_file):
+    """A transfer that lost its last byte: the sidecar catches it, 7."""
+    backup_file.write_bytes(backup_file.read_bytes()[:-1])
+    assert_invalid(cli("verify", str(backup_file)), 7, "verify.checksum_mismatch")
+
+
+def test_a_live_database_with_a_wal_is_refused_as_restore_refuses_it(cli, tmp_path):
+    """A state.db whose -wal still holds commits is not a backup: verify says
+    7 (verify.input_has_wal), as restore does, instead of passing it and
+    counting rows that a restore would never bring back."""
+    live = support.make_store(DataDir(tmp_path / "live"), clients=1)
+    leave_wal_behind(live, "only-in-wal")
+    before = {p.name: file_state(p) for p in live.path.iterdir()}
+    run = cli("verify", str(live.state_db))
+    assert_invalid(run, 7, "verify.input_has_wal")
+    refusal = next(e for e in run.events if e["event"] == "verify.input_has_wal")
+    assert refusal["path"] == str(live.state_db)
+    assert refusal["wal"] == str(live.wal)
+    assert {p.name: file_state(p) for p in live.path.iterdir()} == before
+    assert restore(cli, DataDir(tmp_path / "target"), live.state_db).code == 7
+
+
+def test_an_empty_wal_beside_the_file_is_not_a_live_database(cli, backup_file):
+    """A zero-byte -wal holds no commit (a checkpointed, stopped store): verified."""
+    Path(f"{backup_file}-wal").touch()
+    run = cli("verify", str(backup_file))
+    assert run.code == 0, run.err
 
 
 def test_sidecar_mismatch_exits_7(cli, backup_file):

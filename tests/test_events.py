@@ -43,6 +43,9 @@ def _strings_named_as_events(tree: ast.AST) -> set[str]:
                     "missing_event",
                     "not_sqlite_event",
                     "io_event",
+                    "live_wal_event",
+                    "mismatch_event",
+                    "absent_event",
                 ) and isinstance(kw.value, ast.Constant):
                     found.add(kw.value.value)
         if (

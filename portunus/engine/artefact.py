@@ -8,18 +8,28 @@ import os
 from pathlib import Path
 
 import apsw
+import structlog
 
+from portunus.engine.checksum import read_sidecar, sidecar_path
 from portunus.errors import InputMissing, NotAStateDatabase, StorageIOError
 from portunus.store import migrations
 from portunus.store.connection import open_artefact
 from portunus.store.sqlitefile import has_sqlite_header
 
+log = structlog.get_logger()
+
 
 def require_sqlite_file(
-    path: Path, *, op: str, missing_event: str, not_sqlite_event: str, io_event: str
+    path: Path,
+    *,
+    op: str,
+    missing_event: str,
+    not_sqlite_event: str,
+    io_event: str,
+    live_wal_event: str,
 ) -> None:
     """Exit 5 when ``path`` is missing, 7 unless it is a regular file whose
-    first 16 bytes are the SQLite header."""
+    first 16 bytes are the SQLite header and no live ``-wal`` sits beside it."""
     if not os.path.exists(path):
         raise InputMissing(
             f"{path} does not exist",
@@ -51,6 +61,45 @@ def require_sqlite_file(
             hint="check the path; this is not a Portunus backup",
             path=str(path),
         )
+    _refuse_live_wal(path, live_wal_event)
+
+
+def _refuse_live_wal(path: Path, event: str) -> None:
+    """7 when a non-empty ``-wal`` sits beside the file (or beside the file a
+    symlink names, where SQLite would look): committed transactions live
+    there, which a byte copy drops and an integrity check of the file alone
+    never sees. A backup is one standalone file."""
+    for wal in {Path(f"{path}-wal"), Path(f"{os.path.realpath(path)}-wal")}:
+        try:
+            live = wal.stat().st_size > 0
+        except OSError:
+            continue  # no -wal: the usual case
+        if live:
+            raise NotAStateDatabase(
+                f"{path} has a non-empty {wal.name} beside it: it is a live database, not a backup",
+                event=event,
+                hint="take a backup of it with 'portunus-server backup' and use that file",
+                path=str(path),
+                wal=str(wal),
+            )
+
+
+def expected_checksum(path: Path, *, mismatch_event: str, absent_event: str) -> str | None:
+    """The digest ``<path>.sha256`` records (7 with ``mismatch_event`` when it
+    is unreadable or malformed), or None with an ``absent_event`` warning:
+    SQLite keeps no page checksums, so without the sidecar a flipped byte in
+    a row, or a lost last byte, can pass every other check."""
+    expected = read_sidecar(path, event=mismatch_event)
+    if expected is None:
+        log.warning(
+            absent_event,
+            msg=f"no checksum sidecar beside {path}: its content could not be checked "
+            "against a checksum (damage inside a row would go unnoticed)",
+            hint=f"copy {sidecar_path(path).name} along with the backup",
+            path=str(path),
+            sidecar=str(sidecar_path(path)),
+        )
+    return expected
 
 
 def check_integrity(path: Path, level: str, event: str) -> None:

@@ -17,9 +17,9 @@ import apsw
 import structlog
 
 from portunus import durable
-from portunus.datadir import DataDir
+from portunus.datadir import DataDir, remove_created_dirs
 from portunus.engine import artefact
-from portunus.engine.checksum import CHUNK, ensure_matches, read_sidecar
+from portunus.engine.checksum import CHUNK, ensure_matches
 from portunus.errors import NotAStateDatabase, PortunusError, StorageIOError, WouldOverwrite
 from portunus.ownership import give_to_directory_owner
 from portunus.store import migrations
@@ -61,62 +61,76 @@ class RestoreResult:
 
 def restore(data_dir: DataDir, source: Path, *, force: bool = False) -> RestoreResult:
     """Restore ``source`` into ``data_dir``. Checks, in order: input exists
-    (5), SQLite header (7), no server holds the store (75), no state.db
-    unless ``force`` (6); then stage, verify and migrate (7/78/70)."""
+    (5), SQLite header and no live -wal (7), the data dir's filesystem (78),
+    no server holds the store (75), no state.db unless ``force`` (6); then
+    stage, verify and migrate (7/78/70). A refusal leaves the data dir as it
+    found it: what the restore created (the data dir itself, the lock file,
+    the staged copy) is removed again."""
     artefact.require_sqlite_file(
         source,
         op="restore",
         missing_event="restore.input_missing",
         not_sqlite_event="restore.not_sqlite",
         io_event="restore.io_error",
+        live_wal_event="restore.input_has_wal",
     )
-    _refuse_live_wal(source)
-    data_dir.ensure()
-    with StoreLock(data_dir.lock, "restore"):
-        existed = os.path.lexists(data_dir.state_db)
-        if existed and not force:
-            raise WouldOverwrite(
-                f"{data_dir.path} already holds a state.db; refusing to clobber it",
-                event="restore.data_dir_not_empty",
-                hint="run 'portunus-server reset --confirm' first, or pass --force",
-                path=str(data_dir.state_db),
-            )
-        sweep_stale_stages(data_dir, keep=source)
-        try:
-            staged = durable.create_exclusive(data_dir.path, STAGE_PREFIX, ".db")
-        except OSError as exc:
-            raise _io_error(exc, source) from exc
-        try:
-            # Before SQLite opens it, so its -journal follows the owner too.
-            give_to_directory_owner(staged)
-            result = _stage_and_check(source, staged, data_dir, existed)
-            _swap_in(staged, data_dir)
-        except BaseException as exc:
-            durable.remove_if_present(*durable.sqlite_family(staged))
-            if isinstance(exc, OSError | apsw.Error) and not isinstance(exc, PortunusError):
-                raise _io_error(exc, source) from exc
-            raise
+    created = data_dir.prepare_for_store()
+    try:
+        result = _restore_locked(data_dir, source, force)
+    except BaseException:
+        remove_created_dirs(created)
+        raise
     log.info("restore.completed", msg="state restored", **result.as_dict())
     return result
 
 
-def _refuse_live_wal(source: Path) -> None:
-    # A byte copy would silently drop transactions still in the input's WAL.
-    wal = Path(f"{source}-wal")
-    if wal.exists() and wal.stat().st_size > 0:
-        raise NotAStateDatabase(
-            f"{source} has a non-empty {wal.name} beside it: it is a live database, not a backup",
-            event="restore.input_has_wal",
-            hint="restore from a file written by 'portunus-server backup'",
-            path=str(source),
+def _restore_locked(data_dir: DataDir, source: Path, force: bool) -> RestoreResult:
+    had_lock_file = os.path.lexists(data_dir.lock)
+    with StoreLock(data_dir.lock, "restore"):
+        try:
+            return _restore_held(data_dir, source, force)
+        except BaseException:
+            if not had_lock_file:
+                # A refusal leaves no lock file where there was none. Unlinked
+                # while still held, as reset does: the next taker makes a new one.
+                durable.remove_if_present(data_dir.lock)
+            raise
+
+
+def _restore_held(data_dir: DataDir, source: Path, force: bool) -> RestoreResult:
+    existed = os.path.lexists(data_dir.state_db)
+    if existed and not force:
+        raise WouldOverwrite(
+            f"{data_dir.path} already holds a state.db; refusing to clobber it",
+            event="restore.data_dir_not_empty",
+            hint="run 'portunus-server reset --confirm' first, or pass --force",
+            path=str(data_dir.state_db),
         )
+    sweep_stale_stages(data_dir, keep=source)
+    try:
+        staged = durable.create_exclusive(data_dir.path, STAGE_PREFIX, ".db")
+    except OSError as exc:
+        raise _io_error(exc, source) from exc
+    try:
+        # Before SQLite opens it, so its -journal follows the owner too.
+        give_to_directory_owner(staged)
+        result = _stage_and_check(source, staged, data_dir, existed)
+        _swap_in(staged, data_dir)
+    except BaseException as exc:
+        durable.remove_if_present(*durable.sqlite_family(staged))
+        if isinstance(exc, OSError | apsw.Error) and not isinstance(exc, PortunusError):
+            raise _io_error(exc, source) from exc
+        raise
+    return result
 
 
 def _stage_and_check(source: Path, staged: Path, data_dir: DataDir, existed: bool):
-    expected = read_sidecar(source, event="restore.checksum_mismatch")
+    expected = artefact.expected_checksum(
+        source, mismatch_event="restore.checksum_mismatch", absent_event="restore.checksum_absent"
+    )
     digest, size = _copy_hashing(source, staged)
     ensure_matches(source, expected, digest, event="restore.checksum_mismatch")
-    before, after = _check_and_migrate(staged)
+    before, after = _check_and_migrate(staged, source)
     durable.fsync_path(staged)
     return RestoreResult(
         data_dir.state_db, source, size, digest, expected is not None, before, after, existed
@@ -137,15 +151,17 @@ def _copy_hashing(source: Path, staged: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def _check_and_migrate(staged: Path) -> tuple[int, int]:
+def _check_and_migrate(staged: Path, source: Path) -> tuple[int, int]:
     conn = None
     try:
         conn = open_standalone(staged)
-        artefact.check_connection_integrity(conn, staged, "full", "restore.integrity_failed")
-        before = artefact.portunus_schema_version(conn, staged, event="restore.not_portunus_store")
+        # Every finding names the operator's --in file, not the staged copy:
+        # that name means nothing to them and is gone once the command ends.
+        artefact.check_connection_integrity(conn, source, "full", "restore.integrity_failed")
+        before = artefact.portunus_schema_version(conn, source, event="restore.not_portunus_store")
         # The handshake refuses a too-new schema (78) and migrates forward in
         # one transaction (70 on failure), emitting the startup.* events.
-        done = migrations.handshake(conn, staged)
+        done = migrations.handshake(conn, source)
         return before, done.to_version
     finally:
         close_quietly(conn)

@@ -9,7 +9,7 @@ import apsw
 import structlog
 
 from portunus.engine import artefact
-from portunus.engine.checksum import ensure_matches, read_sidecar, sha256_file
+from portunus.engine.checksum import ensure_matches, sha256_file
 from portunus.errors import NotAStateDatabase
 from portunus.store import migrations
 from portunus.store.connection import open_artefact
@@ -42,16 +42,19 @@ class VerifyResult:
 
 
 def verify(path: Path) -> VerifyResult:
-    """Header, checksum sidecar, integrity_check, schema version, row counts.
-    Never writes to ``path``."""
+    """Header, no live -wal, checksum sidecar (a warning when absent),
+    integrity_check, schema version, row counts. Never writes to ``path``."""
     artefact.require_sqlite_file(
         path,
         op="verify",
         missing_event="verify.input_missing",
         not_sqlite_event="verify.not_sqlite",
         io_event="verify.io_error",
+        live_wal_event="verify.input_has_wal",
     )
-    expected = read_sidecar(path, event="verify.checksum_mismatch")
+    expected = artefact.expected_checksum(
+        path, mismatch_event="verify.checksum_mismatch", absent_event="verify.checksum_absent"
+    )
     digest, size = sha256_file(path)
     ensure_matches(path, expected, digest, event="verify.checksum_mismatch")
     version, rows = _inspect(path)

@@ -709,3 +709,14 @@ def test_a_data_dir_on_tmpfs_is_refused_78_and_nothing_is_created(
         refusal = [e for e in run.events if e["event"] == "startup.unsupported_filesystem"]
         assert refusal and refusal[0]["filesystem"] == "tmpfs", run.err
         assert tree(volatile) == before
+
+
+def test_no_room_in_a_new_data_dir_exits_74_and_leaves_no_data_dir(cli, tmp_path, big_backup):
+    """74 while staging into a data dir the restore had to create: it is removed again."""
+    with small_ext4(tmp_path, 4) as disk:
+        leave_free(disk, big_backup.stat().st_size // 2)
+        before = tree(disk)
+        run = restore(cli, DataDir(disk / "data"), big_backup)
+        assert run.code == 74, run.err
+        assert run.has_event("restore.io_error")
+        assert tree(disk) == before

@@ -99,29 +99,34 @@ def imported_beyond_floor(argv: list[str], env: dict[str, str]) -> list[str]:
 
 
 def render(rows, walls, extras, runs: int) -> str:
-    floor = statistics.median(walls[1])
+    floor, floor_best = statistics.median(walls[1]), min(walls[1])
     lines = [
-        f"Cold start, median of {runs} runs (interleaved), min-max in brackets.",
+        f"Cold start, median of {runs} runs (interleaved), min-max in brackets; "
+        "'over the floor' compares medians, and the fastest runs (best).",
         "",
-        "| command | median s | range s | over the floor s | imports beyond the floor |",
-        "| --- | ---: | ---: | ---: | --- |",
+        "| command | median s | range s | over the floor s | best over the floor s "
+        "| imports beyond the floor |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for (label, _), times, extra in zip(rows, walls, extras, strict=True):
         median = statistics.median(times)
-        over = f"{median - floor:+.3f}" if label.startswith("portunus") else ""
+        over = best = ""
+        if label.startswith("portunus"):
+            over, best = f"{median - floor:+.3f}", f"{min(times) - floor_best:+.3f}"
         heavy = [m for m in extra or () if m in HEAVY]
         shown = ", ".join(extra) if extra is not None else ""
         if heavy:
             shown += f" (HEAVY: {', '.join(heavy)})"
         lines.append(
-            f"| `{label}` | {median:.3f} | {min(times):.3f}-{max(times):.3f} | {over} | {shown} |"
+            f"| `{label}` | {median:.3f} | {min(times):.3f}-{max(times):.3f} | {over} | {best} "
+            f"| {shown} |"
         )
     worst = max(statistics.median(t) for t in walls[2:]) - floor
     verdict = "met" if worst <= GOAL_SECONDS else "NOT met"
     lines += [
         "",
-        f"Goal: each portunus-server line within {GOAL_SECONDS:.2f} s of the floor: "
-        f"{verdict} (worst {worst:+.3f} s).",
+        f"Goal: each portunus-server median within {GOAL_SECONDS:.2f} s of the floor's: "
+        f"{verdict} (worst {worst:+.3f} s; compare on a quiet machine).",
         f"Machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
         f"load average {os.getloadavg()[0]:.2f} at the end.",
     ]

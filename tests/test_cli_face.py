@@ -233,6 +233,7 @@ def bash_script() -> str:
         (["--data-dir", "/x", "--log-format", "json", "sta"], ["status"]),
         (["--log-format", "j"], ["json"]),
         (["restore", "--f"], ["--force"]),
+        (["restore", "-f", "--j"], ["--json"]),  # restore's -f takes no value
         (["config", "set", "--f"], ["--file"]),
         (["completion", ""], ["bash", "zsh"]),
         (["--ver"], ["--version"]),

@@ -40,7 +40,7 @@ def lint(c):
     }
 )
 def bench(c, size_mib=None, workdir="bench/work", quick=False, repeat=None, cap=None, api=False):
-    """Development: backup, restore, API and prune benchmarks (docs/performance.md).
+    """Development: backup, restore, API, prune and cold-start benchmarks (docs/performance.md).
 
     Backup/restore side by side with cp + fsync, sqlite3 .backup and VACUUM INTO;
     --api for the HTTPS API under wrk; prints tables, keeps raw JSON lines."""
@@ -59,6 +59,8 @@ def bench(c, size_mib=None, workdir="bench/work", quick=False, repeat=None, cap=
     # Retention and config: prune plan over 10,000 backups, config show start-up.
     quick_flag = " --quick" if quick else ""
     c.run(f"{sys.executable} -m bench.prune_bench --workdir {workdir}{quick_flag}", pty=False)
+    # Cold start: --help, status, verify beside python's own start-up and the import floor.
+    c.run(f"{sys.executable} -m bench.cold_start --workdir {workdir}{quick_flag}", pty=False)
 
 
 ns = collection()

@@ -19,13 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-import tomlkit
-from tomlkit.exceptions import TOMLKitError
-from tomlkit.items import InlineTable
 
+from portunus import lazy
 from portunus.durable import write_atomically
 from portunus.durations import parse_duration
 from portunus.errors import RefusedByConfiguration, StorageIOError
+
+# Imported when a server.toml is read or edited: a command on built-in
+# defaults does not pay for tomlkit (docs/performance.md, "Cold start").
+tomlkit = lazy.module("tomlkit")
+tomlkit_exceptions = lazy.module("tomlkit.exceptions")
+tomlkit_items = lazy.module("tomlkit.items")
 
 log = structlog.get_logger()
 
@@ -213,7 +217,8 @@ def examine(text: str) -> tuple[dict[str, Any], list[Problem]]:
     """Every key the text sets (checked) and every problem found, in file order."""
     try:
         doc = tomlkit.parse(text)
-    except TOMLKitError as exc:  # ParseError carries the line; KeyAlreadyPresent does not
+    # ParseError carries the line; KeyAlreadyPresent does not
+    except tomlkit_exceptions.TOMLKitError as exc:
         return {}, [Problem(getattr(exc, "line", None), None, f"not valid TOML: {exc}")]
     lines = key_lines(text)
     values: dict[str, Any] = {}
@@ -474,7 +479,7 @@ def set_value(path: Path, dotted: str, raw: str) -> Change:
 def _edited(path: Path, text: str, key: Key, value: Any) -> tuple[str, Any]:
     try:
         doc = tomlkit.parse(text)
-    except TOMLKitError as exc:
+    except tomlkit_exceptions.TOMLKitError as exc:
         problem = Problem(getattr(exc, "line", None), None, f"not valid TOML: {exc}")
         raise _refused(path, problem) from None
     if not key.table:
@@ -508,7 +513,8 @@ def _set_top_level(doc: tomlkit.TOMLDocument, name: str, value: Any) -> str:
 
 
 def _is_table(item: Any) -> bool:
-    return isinstance(item, dict) and not isinstance(item, InlineTable) or isinstance(item, list)
+    inline = isinstance(item, tomlkit_items.InlineTable)
+    return isinstance(item, dict) and not inline or isinstance(item, list)
 
 
 _HEADER_START = re.compile(r"^[ \t]*\[", re.M)
@@ -536,7 +542,7 @@ def _first_header_offset(text: str) -> int:
     for match in _HEADER_START.finditer(text):
         try:
             prefix = tomlkit.parse(text[: match.start()])
-        except TOMLKitError:
+        except tomlkit_exceptions.TOMLKitError:
             continue
         if not any(_is_table(v) for v in prefix.values()):
             return match.start()

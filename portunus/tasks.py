@@ -24,20 +24,25 @@ from typing import Any
 import structlog
 from invoke import Collection, Exit, task
 
-from portunus import config, metrics_textfile, runtime
+from portunus import config, lazy, runtime
 from portunus import log as log_setup
 from portunus.datadir import DataDir, resolve_data_dir
 from portunus.durations import parse_duration
-from portunus.engine import audit_prune as audit_prune_engine
-from portunus.engine import backup as backup_engine
-from portunus.engine import reset as reset_engine
-from portunus.engine import restore as restore_engine
-from portunus.engine import retention, tokens
-from portunus.engine import status as status_engine
-from portunus.engine import verify as verify_engine
 from portunus.errors import STOP_SIGNALS, Interrupted, PortunusError, UsageError
-from portunus.store import audit
-from portunus.store.lock import probe_holder
+
+# Each command imports only the engine it runs: start-up is most of what
+# `status` and `verify` cost (docs/performance.md, "Cold start").
+metrics_textfile = lazy.module("portunus.metrics_textfile")
+audit_prune_engine = lazy.module("portunus.engine.audit_prune")
+backup_engine = lazy.module("portunus.engine.backup")
+reset_engine = lazy.module("portunus.engine.reset")
+restore_engine = lazy.module("portunus.engine.restore")
+retention = lazy.module("portunus.engine.retention")
+tokens = lazy.module("portunus.engine.tokens")
+status_engine = lazy.module("portunus.engine.status")
+verify_engine = lazy.module("portunus.engine.verify")
+audit = lazy.module("portunus.store.audit")
+store_lock = lazy.module("portunus.store.lock")
 
 log = structlog.get_logger()
 
@@ -258,7 +263,7 @@ def reset(c, confirm=False, json=False):
         _render_reset(plan, "removed", json)
         return
     plan = reset_engine.plan_reset(rt.data_dir, scope)
-    holder = probe_holder(rt.data_dir.lock)
+    holder = store_lock.probe_holder(rt.data_dir.lock)
     if holder:
         log.warning(
             "reset.dry_run_store_in_use",

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from portunus import __version__
+from portunus.errors import EXIT_CODES
 from portunus.tasks import collection
 from tests import support
 
@@ -164,13 +165,19 @@ def test_missing_config_file_named_by_flag_exits_78(cli, tmp_path):
 
 
 def test_help_lists_every_subcommand_and_exits_0(cli):
-    """--help: usage, every subcommand, the global flags, exit 0."""
+    """--help: usage, every subcommand (a group's as ``config show``), the global
+    flags and the exit-code table, exit 0; none of invoke's own wording."""
     run = cli("--help")
     assert run.code == 0
     for name in collection().task_names:
-        assert re.search(rf"^\s+{re.escape(name)}\s", run.out, flags=re.M), name
+        typed = name.replace(".", " ")
+        assert re.search(rf"^\s+{re.escape(typed)}\s", run.out, flags=re.M), typed
     for flag in ("--data-dir", "--config", "--log-format", "--version"):
         assert flag in run.out
+    for code in EXIT_CODES:
+        assert re.search(rf"^\s+{code}\s", run.out, flags=re.M), code
+    for invoke_words in ("other tasks here", "Docstring:", "Core options", "invoke"):
+        assert invoke_words not in run.out
 
 
 @pytest.mark.parametrize(

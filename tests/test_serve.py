@@ -315,6 +315,23 @@ def test_a_damaged_config_is_refused_78_before_the_data_dir_is_touched(cli, tmp_
     assert not (tmp_path / "data").exists()
 
 
+def test_half_a_configured_tls_pair_is_refused_as_config_before_anything(cli, tmp_path):
+    """tls_cert_path alone was paired with <data-dir>/server.key, and the
+    refusal's hint sent the operator to the data dir."""
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    generate_self_signed(pki / "api.crt", pki / "api.key", ())
+    config = write_config(tmp_path / "s.toml", free_port())
+    with open(config, "a") as f:
+        f.write(f'tls_cert_path = "{pki / "api.crt"}"\n')
+    run = serve_cli(cli, tmp_path / "data", config)
+    assert run.code == 78
+    (event,) = [e for e in run.events if e["event"] == "startup.config_invalid"]
+    assert (event["file"], event["key"]) == (str(config), "tls_cert_path")
+    assert "tls_key_path is not" in event["msg"]
+    assert not (tmp_path / "data").exists()
+
+
 def test_the_store_is_closed_after_a_refusal(store, cli, tmp_path):
     """A refused start (here: bad key permissions) leaves no WAL behind."""
     generate_self_signed(store.path / "server.crt", store.path / "server.key", ())

@@ -37,7 +37,7 @@ from portunus.engine import status as status_engine
 from portunus.engine import verify as verify_engine
 from portunus.errors import STOP_SIGNALS, Interrupted, PortunusError, UsageError
 from portunus.store import audit
-from portunus.store.lock import probe_holder
+from portunus.store.lock import describe_holder, probe_holder
 
 log = structlog.get_logger()
 
@@ -482,7 +482,7 @@ def _render_status(found: status_engine.Status) -> None:
         "data dir": f"{found.data_dir}" + ("" if found.data_dir_exists else " (does not exist)"),
         "filesystem": f"{found.filesystem} ({found.filesystem_verdict})",
         "config file": str(found.config_file or "none (built-in defaults)"),
-        "lock": f"held by pid {holder[0]} ({holder[1]})" if holder else "free",
+        "lock": f"held by {describe_holder(*holder)}" if holder else "free",
         "state.db": _store_line(store, found.binary_schema_version),
         "backups": _backups_line(backups),
     }

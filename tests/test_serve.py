@@ -72,7 +72,7 @@ def test_second_serve_exits_75_naming_the_first_pid_while_the_first_keeps_servin
     assert second.code == 75
     refusal = second.events[-1]
     assert refusal["event"] == "startup.store_in_use"
-    assert refusal["pid"] == str(running.server.proc.pid)
+    assert refusal["pid"] == running.server.proc.pid
     assert refusal["holder"] == "serve"
     assert running.server.client().get("/readyz").status_code == 200
 
@@ -116,7 +116,7 @@ def test_reset_confirm_is_refused_75_while_serving(running):
 
 def test_the_lock_names_the_server_while_it_runs(running):
     """status and dry runs can tell who holds the store."""
-    assert probe_holder(running.data.lock) == (str(running.server.proc.pid), "serve")
+    assert probe_holder(running.data.lock) == (running.server.proc.pid, "serve")
 
 
 def test_the_loop_and_the_writer_share_one_cpu_and_other_threads_keep_them_all(running):

@@ -72,3 +72,16 @@ def test_the_parser_sees_a_disagreement():
     assert _release("24.2.0") != _release("24.1")
     with pytest.raises(AssertionError):
         parse("apsw~=3.51")
+
+
+def test_ci_runs_the_readme_command_then_the_suite_on_the_minimums():
+    """The README's test command first (newest releases), then a fresh
+    environment installed with the constraints, running pytest too."""
+    script = (REPO / ".ci" / "run").read_text()
+    readme = (REPO / "README.md").read_text()
+    command = ".venv/bin/pip install -q -e '.[dev]' && .venv/bin/python -m pytest"
+    assert command in readme and command in script
+    minimum = "-e '.[dev]' -c .ci/minimum-versions.txt"
+    assert script.index(command) < script.index(minimum)
+    assert ".venv-min/bin/python -m pytest" in script.split(minimum, 1)[1]
+    assert "set -euo pipefail" in script

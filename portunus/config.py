@@ -230,8 +230,32 @@ def examine(text: str) -> tuple[dict[str, Any], list[Problem]]:
             problems.append(Problem(line, dotted, complaint))
         else:
             values[dotted] = value
+    problems.extend(_half_pairs(values, lines))
     problems.sort(key=lambda p: p.line or 0)
     return values, problems
+
+
+# Set together or not at all: one alone would pair the operator's file with
+# the data dir's server.crt/server.key, never what anyone means.
+PAIRS = (("tls_cert_path", "tls_key_path"),)
+
+
+def _half_pairs(values: Mapping[str, Any], lines: Mapping[str, int]) -> list[Problem]:
+    problems = []
+    for pair in PAIRS:
+        present = [name for name in pair if values.get(name) is not None]
+        if len(present) == 1:
+            (name,) = present
+            (partner,) = [other for other in pair if other != name]
+            problems.append(Problem(line_of(lines, name), name, _half_pair(name, partner)))
+    return problems
+
+
+def _half_pair(name: str, partner: str) -> str:
+    return (
+        f"{name} is set but {partner} is not: set both (your own certificate and key) "
+        f"or neither (the data dir's server.crt and server.key, generated when absent)"
+    )
 
 
 def _flatten(doc: dict[str, Any]):
@@ -464,6 +488,10 @@ def set_value(path: Path, dotted: str, raw: str) -> Change:
     text = read_text(target, required=False)
     edited, old = _edited(target, text or "", key, value)
     problems = examine(edited)[1]
+    # The first of a pair, set one command at a time, is written; until its
+    # partner is set too, every command refuses the file (78) and says why.
+    partner = _awaited_partner(dotted, problems)
+    problems = [p for p in problems if not partner or p.message != _half_pair(dotted, partner)]
     if problems:
         raise _refused(target, problems[0])
     _write_keeping_owner(target, edited, created=text is None)
@@ -472,8 +500,18 @@ def set_value(path: Path, dotted: str, raw: str) -> Change:
         "config.updated",
         msg="server.toml updated; a running server applies it at its next start",
         **change.as_dict(),
+        **({"hint": f"set {partner} too: until then the file is refused"} if partner else {}),
     )
     return change
+
+
+def _awaited_partner(dotted: str, problems: list[Problem]) -> str | None:
+    for pair in PAIRS:
+        if dotted in pair:
+            (partner,) = [other for other in pair if other != dotted]
+            if any(p.message == _half_pair(dotted, partner) for p in problems):
+                return partner
+    return None
 
 
 def _edited(path: Path, text: str, key: Key, value: Any) -> tuple[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -27,6 +28,35 @@ def redact_secrets(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict
         if key != "event" and _SECRET_KEY.search(key):
             event_dict[key] = REDACTED
     return event_dict
+
+
+def logfmt_scalars(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """logfmt holds scalars only: a mapping becomes one key per entry,
+    dotted (``rows.audit_log=7 rows.clients=3``, nested ones too), a list
+    or tuple one comma-joined value (``new=state,tls``). Never a Python
+    repr; the json format keeps the real structure."""
+    flat: dict[str, Any] = {}
+    for key, value in event_dict.items():
+        _flatten_into(flat, key, value)
+    return flat
+
+
+def _flatten_into(flat: dict[str, Any], key: str, value: Any) -> None:
+    if isinstance(value, Mapping):
+        for sub, sub_value in value.items():
+            _flatten_into(flat, f"{key}.{sub}", sub_value)
+    elif isinstance(value, list | tuple):
+        flat[key] = ",".join(_scalar(item) for item in value)
+    elif isinstance(value, set | frozenset):
+        flat[key] = ",".join(sorted(_scalar(item) for item in value))
+    else:
+        flat[key] = value
+
+
+def _scalar(item: Any) -> str:
+    if isinstance(item, bool):
+        return "true" if item else "false"
+    return "" if item is None else str(item)
 
 
 def _renderer(fmt: str, stream: Any) -> Any:
@@ -55,6 +85,9 @@ def configure(fmt: str = "logfmt", level: str = "info", stream: Any = None) -> N
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             redact_secrets,
+            # After the redaction, which looks at the keys callers pass: a
+            # count of tokens (rows.api_tokens) is no secret.
+            *([logfmt_scalars] if fmt == "logfmt" else []),
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
             *_exception_formatting(fmt),
             _renderer(fmt, stream),

@@ -487,7 +487,7 @@ def _render_status(found: status_engine.Status) -> None:
         "data dir": f"{found.data_dir}" + ("" if found.data_dir_exists else " (does not exist)"),
         "filesystem": f"{found.filesystem} ({found.filesystem_verdict})",
         "config file": str(found.config_file or "none (built-in defaults)"),
-        "lock": f"held by pid {holder[0]} ({holder[1]})" if holder else "free",
+        "lock": f"held by {store_lock.describe_holder(*holder)}" if holder else "free",
         "state.db": _store_line(store, found.binary_schema_version),
         "backups": _backups_line(backups),
     }

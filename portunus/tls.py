@@ -62,8 +62,7 @@ def load_or_generate(
     elif len(present) < 2:
         raise _invalid(
             f"TLS pair incomplete: {_missing(cert_path, key_path)} does not exist",
-            "put both files in place, or remove the remaining one (in the data dir) "
-            "to have a new self-signed pair generated",
+            _incomplete_hint(present, may_generate),
             cert_path,
         )
     check_key_permissions(key_path)
@@ -237,6 +236,13 @@ def _read_certificate(cert_path: Path) -> x509.Certificate:
 
 def _expired(cert: x509.Certificate) -> bool:
     return cert.not_valid_after_utc <= datetime.now(UTC)
+
+
+def _incomplete_hint(present: list[Path], may_generate: bool) -> str:
+    """Name the files the operator can act on, where they are."""
+    if not may_generate:
+        return "fix tls_cert_path and tls_key_path in server.toml: both must name existing files"
+    return f"put the missing file back, or remove {present[0]} to have a new pair generated"
 
 
 def _missing(*paths: Path) -> str:

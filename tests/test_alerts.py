@@ -4,6 +4,8 @@ metrics the code writes, and cover what the operator must be woken for."""
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,8 @@ from tests.support import REPO
 from tests.test_events import catalogue
 
 ALERTS = REPO / "config" / "alerts"
+PROM_RULES = ALERTS / "prometheus-rules.yaml"
+PROM_TESTS = ALERTS / "prometheus-rules.test.yaml"
 MUST_ALERT_ON = {
     "startup.store_in_use",
     "startup.schema_version_too_new",
@@ -33,7 +37,9 @@ def events_named(expr: str) -> set[str]:
     return set(re.findall(r'event\s*=\s*"([^"]+)"', expr))
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in ALERTS.glob("*.yaml")))
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in ALERTS.glob("*.yaml") if not p.name.endswith(".test.yaml"))
+)
 def test_every_rule_file_is_well_formed(name):
     """Prometheus-style rule groups: alert, expr, labels.severity, a summary."""
     found = rules(name)
@@ -81,3 +87,69 @@ def test_the_event_extractor_finds_matchers(tmp_path: Path):
     assert events_named('{unit="x"} | logfmt | event="backup.failed" [5m]') == {"backup.failed"}
     with pytest.raises(AssertionError):
         events_named('{unit="x"} | logfmt | event=~"backup.*"')
+
+
+# --- promtool: the rules checked and unit-tested by Prometheus's own tool ------
+
+needs_promtool = pytest.mark.skipif(
+    shutil.which("promtool") is None,
+    reason="promtool is not installed (Debian: apt-get install prometheus)",
+)
+
+
+def promtool(*args: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["promtool", *map(str, args)], capture_output=True, text=True, timeout=120
+    )
+
+
+def unit_tests() -> list[dict]:
+    document = yaml.safe_load(PROM_TESTS.read_text())
+    assert document["rule_files"] == [PROM_RULES.name]
+    return [check for test in document["tests"] for check in test["alert_rule_test"]]
+
+
+@pytest.mark.parametrize("alert", sorted(r["alert"] for r in rules("prometheus-rules.yaml")))
+def test_every_prometheus_alert_is_unit_tested_firing_and_silent(alert):
+    """At least one evaluation where it fires and one where it must not."""
+    checks = [c for c in unit_tests() if c["alertname"] == alert]
+    assert any(c["exp_alerts"] for c in checks), f"{alert}: no test where it fires"
+    assert any(not c["exp_alerts"] for c in checks), f"{alert}: no test where it is silent"
+
+
+def test_the_unit_tests_name_only_alerts_the_rules_define():
+    defined = {r["alert"] for r in rules("prometheus-rules.yaml")}
+    assert {c["alertname"] for c in unit_tests()} <= defined
+
+
+@needs_promtool
+def test_promtool_checks_the_rules():
+    done = promtool("check", "rules", PROM_RULES)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@needs_promtool
+def test_promtool_runs_the_unit_tests():
+    done = promtool("test", "rules", PROM_TESTS)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@needs_promtool
+@pytest.mark.parametrize(
+    ("alert", "original", "broken"),
+    [
+        ("PortunusBackupTooOld", "> 26 * 3600", "> 25 * 3600"),
+        ("PortunusBackupLastAttemptFailed", "success == 0", "success == 2"),
+        ("PortunusBackupMetricsMissing", "for: 26h", "for: 20h"),
+        ("PortunusBackupsNoneKept", "count == 0", "count < 0"),
+    ],
+)
+def test_the_unit_tests_catch_a_broken_rule(tmp_path: Path, alert, original, broken):
+    """Each alert's tests fail when its rule is changed: they can fail."""
+    text = PROM_RULES.read_text()
+    assert text.count(original) == 1
+    (tmp_path / PROM_RULES.name).write_text(text.replace(original, broken))
+    shutil.copy(PROM_TESTS, tmp_path / PROM_TESTS.name)
+    done = promtool("test", "rules", tmp_path / PROM_TESTS.name)
+    assert done.returncode != 0
+    assert f"alertname: {alert}," in done.stdout + done.stderr

@@ -15,6 +15,11 @@ WRONG = {
     "out of range": ("\n[audit]\nretain_days = 0\n", 3, "audit.retain_days"),
     "bad choice": ('log_format = "xml"\n', 1, "log_format"),
     "syntax error": ('[backup]\ndir = "/x\n', 2, None),
+    "half a TLS pair": (
+        'listen = "127.0.0.1:7443"\ntls_key_path = "/etc/pki/api.key"\n',
+        2,
+        "tls_key_path",
+    ),
 }
 
 
@@ -90,6 +95,40 @@ def test_check_lists_every_problem_and_exits_78(cli, tmp_path):
     ]
     assert run.events[-1]["event"] == "startup.config_invalid"
     assert run.events[-1]["problems"] == 2
+
+
+@pytest.mark.parametrize("given", ["tls_cert_path", "tls_key_path"])
+def test_check_refuses_one_half_of_the_tls_pair_naming_the_other(cli, tmp_path, given):
+    """One alone would pair it with the data dir's file, which serve then
+    refused with a hint about the wrong directory."""
+    path = tmp_path / "server.toml"
+    path.write_text(f'# mine\n{given} = "/etc/pki/api.pem"\n')
+    run = cli("config", "check", "--file", str(path))
+    assert run.code == 78
+    (partner,) = {"tls_cert_path", "tls_key_path"} - {given}
+    (line,) = run.out.splitlines()
+    assert line.startswith(f"{path}:2: key '{given}': {given} is set but {partner} is not")
+    assert (run.events[-1]["event"], run.events[-1]["key"]) == ("startup.config_invalid", given)
+
+    path.write_text(f'{given} = "/etc/pki/api.pem"\n{partner} = "/etc/pki/api.pem"\n')
+    assert cli("config", "check", "--file", str(path)).code == 0
+
+
+def test_set_writes_half_a_pair_with_a_hint_and_the_other_half_completes_it(cli, tmp_path):
+    """One key per command: the first is written (the file is refused until
+    the second is set, and says so), the second makes it whole."""
+    path = tmp_path / "server.toml"
+    first = cli("--config", str(path), "config", "set", "tls_cert_path", "/etc/pki/api.crt")
+    assert first.code == 0, first.err
+    (event,) = [e for e in first.events if e["event"] == "config.updated"]
+    assert event["hint"] == "set tls_key_path too: until then the file is refused"
+    assert cli("--config", str(path), "config", "check").code == 78
+    assert cli("--config", str(path), "status").code == 78
+    second = cli("--config", str(path), "config", "set", "tls_key_path", "/etc/pki/api.key")
+    assert second.code == 0, second.err
+    (event,) = [e for e in second.events if e["event"] == "config.updated"]
+    assert "hint" not in event
+    assert cli("--config", str(path), "config", "check").code == 0
 
 
 def test_check_accepts_the_shipped_example(cli):

@@ -434,7 +434,7 @@ def test_restore_while_a_server_holds_the_store_exits_75(cli, data_dir, backup_f
     assert_refused_and_intact(run, 75, "startup.store_in_use", data_dir, {})
     in_use = [e for e in run.events if e["event"] == "startup.store_in_use"][0]
     assert in_use["holder"] == "serve"
-    assert in_use["pid"] == str(os.getpid())
+    assert in_use["pid"] == os.getpid()
 
 
 def test_lock_is_checked_before_the_non_empty_data_dir(cli, store, backup_file):

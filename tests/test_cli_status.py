@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -67,8 +68,61 @@ def test_status_names_the_lock_holder(cli, store):
     with StoreLock(store.lock, "serve"):
         found = status_json(cli, "--data-dir", str(store.path))
         text = cli("--data-dir", str(store.path), "status").out
-    assert found["lock"] == {"held": True, "pid": str(os.getpid()), "holder": "serve"}
+    assert found["lock"] == {"held": True, "pid": os.getpid(), "holder": "serve"}
     assert f"lock:          held by pid {os.getpid()} (serve)" in text
+
+
+NUMBERS = {
+    "lock.pid", "store.bytes", "store.wal_bytes", "store.shm_bytes", "store.schema_version",
+    "binary_schema_version", "backups.count", "backups.total_bytes", "backups.impostors",
+    "backups.newest_age_seconds",
+}  # fmt: skip
+BOOLEANS = {"data_dir_exists", "lock.held", "store.exists"}
+
+
+def leaves(found: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in found.items():
+        if isinstance(value, dict):
+            flat.update(leaves(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def test_status_json_values_are_json_types(cli, store, tmp_path):
+    """Numbers are numbers (the pid was a string), booleans booleans, an
+    absent value null; everything else a string."""
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    backup(store, backups)
+    (store.path / "server.toml").write_text(f'[backup]\ndir = "{backups}"\n')
+    with StoreLock(store.lock, "serve"):
+        found = leaves(status_json(cli, "--data-dir", str(store.path)))
+    assert set(found) >= NUMBERS | BOOLEANS
+    for key, value in found.items():
+        if key in NUMBERS:
+            assert value is None or type(value) is int, (key, value)
+        elif key in BOOLEANS:
+            assert type(value) is bool, (key, value)
+        else:
+            assert value is None or type(value) is str, (key, value)
+    assert found["lock.pid"] == os.getpid() and found["backups.count"] == 1
+    assert type(found["store.bytes"]) is int and type(found["store.schema_version"]) is int
+
+
+def test_a_lock_holder_that_has_not_written_its_pid_yet_is_null(cli, data_dir):
+    """The instant between a holder's flock and its write: null, "pid unknown"."""
+    data_dir.ensure()
+    fd = os.open(data_dir.lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        found = status_json(cli, "--data-dir", str(data_dir.path))
+        text = cli("--data-dir", str(data_dir.path), "status").out
+    finally:
+        os.close(fd)
+    assert found["lock"] == {"held": True, "pid": None, "holder": "unknown"}
+    assert "lock:          held by pid unknown (unknown)" in text
 
 
 def test_status_reports_a_state_db_that_is_not_a_store_without_failing(cli, data_dir):

@@ -72,7 +72,7 @@ def test_second_serve_exits_75_naming_the_first_pid_while_the_first_keeps_servin
     assert second.code == 75
     refusal = second.events[-1]
     assert refusal["event"] == "startup.store_in_use"
-    assert refusal["pid"] == str(running.server.proc.pid)
+    assert refusal["pid"] == running.server.proc.pid
     assert refusal["holder"] == "serve"
     assert running.server.client().get("/readyz").status_code == 200
 
@@ -116,7 +116,7 @@ def test_reset_confirm_is_refused_75_while_serving(running):
 
 def test_the_lock_names_the_server_while_it_runs(running):
     """status and dry runs can tell who holds the store."""
-    assert probe_holder(running.data.lock) == (str(running.server.proc.pid), "serve")
+    assert probe_holder(running.data.lock) == (running.server.proc.pid, "serve")
 
 
 def test_the_loop_and_the_writer_share_one_cpu_and_other_threads_keep_them_all(running):
@@ -312,6 +312,23 @@ def test_a_damaged_config_is_refused_78_before_the_data_dir_is_touched(cli, tmp_
     run = serve_cli(cli, tmp_path / "data", config)
     assert run.code == 78
     assert run.has_event("startup.config_invalid")
+    assert not (tmp_path / "data").exists()
+
+
+def test_half_a_configured_tls_pair_is_refused_as_config_before_anything(cli, tmp_path):
+    """tls_cert_path alone was paired with <data-dir>/server.key, and the
+    refusal's hint sent the operator to the data dir."""
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    generate_self_signed(pki / "api.crt", pki / "api.key", ())
+    config = write_config(tmp_path / "s.toml", free_port())
+    with open(config, "a") as f:
+        f.write(f'tls_cert_path = "{pki / "api.crt"}"\n')
+    run = serve_cli(cli, tmp_path / "data", config)
+    assert run.code == 78
+    (event,) = [e for e in run.events if e["event"] == "startup.config_invalid"]
+    assert (event["file"], event["key"]) == (str(config), "tls_cert_path")
+    assert "tls_key_path is not" in event["msg"]
     assert not (tmp_path / "data").exists()
 
 

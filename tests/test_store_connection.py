@@ -58,12 +58,20 @@ def test_a_cached_statement_is_not_recompiled_for_new_values(
     assert seen == [seen[0]] * len(seen), f"re-compiled for new bound values: {seen}"
 
 
+# A plan every SQLite release makes from the bound value: a LIKE prefix on
+# an index. (Which other statements SQLite re-plans for new values changes
+# between releases: before 3.54 the hot statements above were not.)
+VALUE_PLANNED = "SELECT name FROM temp.names WHERE name LIKE ?", [("a%",), ("b%",), ("c%",)]
+
+
 def test_the_check_sees_recompilation_without_the_guarantee(store: DataDir) -> None:
     """The counter above can fail: SQLite's default does recompile."""
     conn = open_readonly(store.state_db)
     try:
+        conn.execute("CREATE TEMP TABLE names (name TEXT COLLATE NOCASE)")
+        conn.execute("CREATE INDEX temp.names_by_name ON names (name)")
         conn.config(apsw.SQLITE_DBCONFIG_ENABLE_QPSG, 0)
-        seen = _compilations(conn, *HOT_STATEMENTS["client and clash probe"])
+        seen = _compilations(conn, *VALUE_PLANNED)
     finally:
         conn.close()
     assert seen[-1] > seen[0]

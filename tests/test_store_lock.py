@@ -49,7 +49,7 @@ def test_second_acquirer_gets_store_in_use_naming_the_holder(tmp_path, holder):
     error = raised.value
     assert error.exit_code == 75
     assert error.event == "startup.store_in_use"
-    assert error.fields["pid"] == str(holder.pid)
+    assert error.fields["pid"] == holder.pid
     assert error.fields["holder"] == "serve"
     assert f"pid {holder.pid}" in error.message
 
@@ -100,7 +100,7 @@ def test_symlinked_lock_file_is_refused_and_its_target_untouched(tmp_path):
 
 def test_probe_holder_names_the_holder(tmp_path, holder):
     """probe_holder reports (pid, purpose) while another process holds the lock."""
-    assert probe_holder(tmp_path / "state.db.lock") == (str(holder.pid), "serve")
+    assert probe_holder(tmp_path / "state.db.lock") == (holder.pid, "serve")
 
 
 def test_probe_holder_of_a_free_lock_is_none(tmp_path):

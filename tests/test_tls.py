@@ -160,6 +160,9 @@ def test_half_a_pair_is_refused_not_overwritten(pair, missing):
     with pytest.raises(RefusedByConfiguration) as refused:
         tls.load_or_generate(*pair, may_generate=True)
     assert refused.value.event == "startup.tls_material_invalid"
+    assert refused.value.hint == (
+        f"put the missing file back, or remove {kept} to have a new pair generated"
+    )
     assert kept.read_bytes() == content
 
 
@@ -175,9 +178,12 @@ def test_a_key_that_does_not_match_the_certificate_is_refused(pair, tmp_path):
 
 
 def test_configured_paths_that_do_not_exist_are_refused_not_generated(pair):
-    """tls_cert_path / tls_key_path are the operator's: nothing is made there."""
-    with pytest.raises(RefusedByConfiguration):
+    """tls_cert_path / tls_key_path are the operator's: nothing is made there,
+    and the hint points at the setting, not at the data dir."""
+    with pytest.raises(RefusedByConfiguration) as refused:
         tls.load_or_generate(*pair, may_generate=False)
+    assert "tls_cert_path and tls_key_path in server.toml" in refused.value.hint
+    assert not pair[0].exists() and not pair[1].exists()
     assert not pair[0].exists() and not pair[1].exists()
 
 

@@ -54,7 +54,7 @@ class Status:
     filesystem: str
     filesystem_verdict: str
     config_file: Path | None
-    lock_holder: tuple[str, str] | None
+    lock_holder: tuple[int | None, str] | None
     store: StoreStatus
     binary_schema_version: int
     backups: BackupsStatus

@@ -31,7 +31,7 @@ class StoreLock:
             pid, purpose = _read_holder(fd)
             os.close(fd)
             raise StoreInUse(
-                f"the store in {self.path.parent} is in use by pid {pid} ({purpose})",
+                f"the store in {self.path.parent} is in use by {describe_holder(pid, purpose)}",
                 hint="stop the running server (systemctl stop portunus-server) and try again",
                 pid=pid,
                 holder=purpose,
@@ -75,16 +75,22 @@ class StoreLock:
         return fd
 
 
-def _read_holder(fd: int) -> tuple[str, str]:
-    """(pid, purpose) as the holder recorded them; "unknown" in the instant
-    between its flock and its write."""
+def _read_holder(fd: int) -> tuple[int | None, str]:
+    """(pid, purpose) as the holder recorded them: the pid a number (a JSON
+    number in ``status --json`` and json logs), None and "unknown" in the
+    instant between the holder's flock and its write."""
     fields = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
-    pid = fields[0] if fields and fields[0].isdigit() else "unknown"
+    pid = int(fields[0]) if fields and fields[0].isdigit() else None
     purpose = fields[1] if len(fields) > 1 else "unknown"
     return pid, purpose
 
 
-def probe_holder(path: Path) -> tuple[str, str] | None:
+def describe_holder(pid: int | None, purpose: str) -> str:
+    """'pid 812 (serve)', as messages and status print it."""
+    return f"pid {pid if pid is not None else 'unknown'} ({purpose})"
+
+
+def probe_holder(path: Path) -> tuple[int | None, str] | None:
     """(pid, purpose) of the process holding the lock, or None when free.
 
     Never creates the lock file, so dry runs and status stay read-only.

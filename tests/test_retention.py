@@ -119,10 +119,29 @@ def test_keep_hourly_monthly_and_yearly():
 def test_keep_within_counts_from_the_newest_backup_not_from_now():
     """Old backups of a host whose backups stopped are not all thrown away."""
     decided = plan(
-        backups("2020-01-01T00:00", "2020-01-05T00:00", "2020-01-09T00:00"),
+        backups("2020-01-01T00:00", "2020-01-05T06:00", "2020-01-09T00:00"),
         Policy(keep_within=timedelta(days=4)),
     )
-    assert kept_stamps(decided) == ["2020-01-09T00:00", "2020-01-05T00:00"]
+    assert kept_stamps(decided) == ["2020-01-09T00:00", "2020-01-05T06:00"]
+
+
+def test_keep_within_keeps_strictly_less_than_its_duration():
+    """keep_within = "2d" (restic's meaning): a backup exactly 48 h older than
+    the newest is removed; one second younger than that is kept."""
+    decided = plan(
+        [
+            *backups("2026-03-03T12:00"),
+            Backup(backup_name(at("2026-03-01T12:00:01")), at("2026-03-01T12:00:01")),
+            Backup(backup_name(at("2026-03-01T12:00:00")), at("2026-03-01T12:00:00")),
+        ],
+        Policy(keep_within=parse_duration("2d")),
+    )
+    actions = {d.backup.time.isoformat(): d.keep for d in decided.decisions}
+    assert actions == {
+        "2026-03-03T12:00:00+00:00": True,
+        "2026-03-01T12:00:01+00:00": True,
+        "2026-03-01T12:00:00+00:00": False,
+    }
 
 
 def test_a_backup_kept_by_several_rules_lists_every_rule():

@@ -233,9 +233,11 @@ def _mark_periods(
 def _mark_within(ordered: list[Backup], within: timedelta, reasons: list[list[str]]) -> None:
     if not ordered:
         return
-    oldest_kept = ordered[0].time - within
+    # Strictly less than ``within`` older, as restic and the docs say: with
+    # "2d", a backup exactly 48 h older than the newest is not kept by it.
+    newest = ordered[0].time
     for index, backup in enumerate(ordered):
-        if backup.time >= oldest_kept:
+        if newest - backup.time < within:
             reasons[index].append("within")
 
 

@@ -31,10 +31,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from portunus import durable
+from portunus.durations import parse_duration
 from portunus.engine.checksum import sidecar_path
 from portunus.errors import InputMissing, StorageIOError
 from portunus.store.sqlitefile import has_sqlite_header
@@ -79,6 +81,16 @@ class Policy:
         if self.keep_within:
             rules["keep_within_seconds"] = int(self.keep_within.total_seconds())
         return rules
+
+
+def policy_from_settings(settings: Any) -> Policy:
+    """The ``[retention]`` table of ``server.toml`` (a config.Settings)."""
+    within = settings.get("retention.keep_within")
+    return Policy(
+        **{f"keep_{rule}": settings.get(f"retention.keep_{rule}") for rule in PERIODS},
+        keep_last=settings.get("retention.keep_last"),
+        keep_within=parse_duration(within) if within else None,
+    )
 
 
 @dataclass(frozen=True)

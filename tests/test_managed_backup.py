@@ -6,14 +6,13 @@ pruning or the metrics write after it failed."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -182,20 +181,6 @@ def test_the_api_answer_says_what_was_pruned(site: Site):
 # --- made, but not pruned or not recorded ------------------------------------
 
 
-@contextlib.contextmanager
-def immutable(path: Path) -> Iterator[None]:
-    """chattr +i: not even root may unlink it (ext4, xfs, btrfs); skip elsewhere."""
-    if os.geteuid() != 0:
-        pytest.skip("chattr +i needs root")
-    done = subprocess.run(["chattr", "+i", str(path)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"chattr +i unsupported here: {done.stderr!r}")
-    try:
-        yield
-    finally:
-        subprocess.run(["chattr", "-i", str(path)], check=True)
-
-
 def unremovable_oldest(site: Site) -> Path:
     """The oldest seeded backup, which keep_last = 2 removes."""
     return site.backups / site.seeded[0]
@@ -206,7 +191,7 @@ def test_a_made_backup_whose_pruning_fails_is_reported_made_and_exits_74(site: S
     """The backup stands and its path is printed; backup.incomplete names it
     and the prune failure; exit 74; the success is still recorded."""
     before = set(backups_in(site.backups))
-    with immutable(unremovable_oldest(site)):
+    with support.immutable(unremovable_oldest(site)):
         run = face(site)
     assert run.code == 74, run.err
     (new,) = set(backups_in(site.backups)) - before
@@ -241,7 +226,7 @@ def test_a_made_backup_whose_metrics_write_fails_exits_74(site: Site):
 def test_the_api_reports_a_made_but_unpruned_backup_as_503_with_the_backup(site: Site):
     """503 backup.incomplete, the body naming the backup made; audited."""
     before = set(backups_in(site.backups))
-    with immutable(unremovable_oldest(site)):
+    with support.immutable(unremovable_oldest(site)):
         run = via_api(site)
     assert run.code == 503, run.out
     body = json.loads(run.out)

@@ -12,8 +12,9 @@ from portunus.durations import parse_duration
 from portunus.engine import retention
 from portunus.engine.backup import backup_name
 from portunus.engine.retention import Backup, Policy, plan
-from portunus.errors import InputMissing
+from portunus.errors import InputMissing, StorageIOError
 from portunus.store.sqlitefile import SQLITE_HEADER
+from tests import support
 
 
 def at(text: str) -> datetime:
@@ -240,3 +241,15 @@ def test_a_symlinked_sidecar_is_not_followed_or_removed(tmp_path: Path):
     Path(f"{old}.sha256").symlink_to(precious)
     retention.prune(tmp_path, Policy(keep_last=1))
     assert not old.exists() and Path(f"{old}.sha256").is_symlink() and precious.exists()
+
+
+def test_a_prune_that_cannot_remove_a_backup_leaves_it_with_its_sidecar(tmp_path):
+    """The artefact goes before its sidecar: when it cannot be removed (here
+    immutable), the backup is still whole with its checksum, never a
+    backup without a sidecar (exit 74, prune.io_error)."""
+    old = write_backup(tmp_path, at("2025-01-01T00:00:00"))
+    write_backup(tmp_path, at("2025-01-02T00:00:00"))
+    with support.immutable(old), pytest.raises(StorageIOError) as raised:
+        retention.prune(tmp_path, Policy(keep_last=1))
+    assert raised.value.event == "prune.io_error"
+    assert old.exists() and Path(f"{old}.sha256").exists()

@@ -329,12 +329,13 @@ def _size_or_none(path: Path) -> int | None:
 
 
 def apply(directory: Path, decisions: Iterable[Decision], report: PruneReport) -> None:
-    """Remove every backup the plan removes, sidecar first, then the artefact.
+    """Remove every backup the plan removes, the artefact first, then its sidecar.
 
-    Sidecar first: a crash in between leaves a backup without a checksum,
-    which the next prune removes, rather than an orphaned sidecar that no
-    prune would ever touch. Each file is checked again just before removal;
-    one that changed since the scan is skipped, not removed.
+    Artefact first, as backup publishes it last: a backup never lacks its
+    sidecar, even after a crash in between, which leaves a lone sidecar
+    that the next backup into the directory sweeps
+    (engine.backup.sweep_orphan_sidecars). Each file is checked again just
+    before removal; one that changed since the scan is skipped, not removed.
     """
     for decision in decisions:
         if decision.keep:
@@ -349,7 +350,7 @@ def apply(directory: Path, decisions: Iterable[Decision], report: PruneReport) -
                 path=str(path),
             )
             continue
-        report.bytes_freed += _remove(sidecar_path(path), regular_only=True) + _remove(path)
+        report.bytes_freed += _remove(path) + _remove(sidecar_path(path), regular_only=True)
         report.removed.append(name)
     if report.removed:
         try:

@@ -7,7 +7,8 @@ to restart (the stepped copy without that held transaction, and the sqlite3
 shell's ``.backup``, restart without end under a busy writer: see
 docs/performance.md). The result is written under a temporary name, checked,
 turned into a rollback-journal file, fsynced, and only then published under
-its final name, which is never replaced.
+its final name, which is never replaced, after its checksum sidecar: a
+backup never exists without its sidecar.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ _BACKUP_NAME = re.compile(
     re.escape(BACKUP_PREFIX) + r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z\.db"
 )
 _SIDECAR_LINE = re.compile(r"[0-9a-f]{64}  [^\n]+\n")
+SIDECAR_MAX = 4096  # a digest, two spaces and a file name (at most 255 bytes)
 
 Progress = Callable[[int, int], None]
 
@@ -572,14 +574,14 @@ def _remove_if_orphan(sidecar: Path) -> bool:
         info = os.lstat(sidecar)
         if os.path.lexists(backup) or not stat.S_ISREG(info.st_mode):
             return False
-        if time.time() - info.st_mtime < STALE_TEMP_SECS or info.st_size > 200:
+        if time.time() - info.st_mtime < STALE_TEMP_SECS or info.st_size > SIDECAR_MAX:
             return False
         fd = os.open(sidecar, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        text = os.read(fd, 512).decode("utf-8", "replace")
+        text = os.read(fd, SIDECAR_MAX).decode("utf-8", "replace")
         if not _SIDECAR_LINE.fullmatch(text) or not text.endswith(f"  {backup.name}\n"):
             return False  # not the line a backup writes: someone else's file
         os.unlink(sidecar)

@@ -8,6 +8,7 @@ it exactly there, in a window too short to hit by timing
 
 - ``backup.sidecar_published``: a backup's sidecar has its final name and
   the backup itself does not yet.
+- ``managed.pruning``: a managed backup was published; pruning starts.
 """
 
 from __future__ import annotations

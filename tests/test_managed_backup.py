@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from portunus import metrics_textfile
+from portunus import metrics_textfile, testpoints
 from portunus.datadir import DataDir
 from portunus.engine import backup as backup_engine
 from portunus.engine import managed, retention, tokens
@@ -263,3 +264,40 @@ def test_incomplete_carries_the_first_failures_exit_code():
     assert (error.exit_code, error.event, error.hint) == (74, "backup.incomplete", "check it")
     assert error.fields["reason"] == "prune.io_error"
     assert "/b/x.db was made" in error.message
+
+
+def test_a_managed_backup_stopped_while_pruning_still_records_its_success(site: Site):
+    """SIGTERM (systemd stopping the unit) after the backup was published:
+    exit 143, and the success is in the metrics on the way out. The backup
+    stops itself at the start of pruning (test-only hook,
+    portunus/testpoints.py) so the signal lands there."""
+    env = {**site.env, testpoints.ENV: "managed.pruning"}
+    argv = [sys.executable, "-m", "portunus", "--log-format", "json"]
+    proc = subprocess.Popen(
+        [*argv, "--data-dir", str(site.data.path), "backup"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        while not _stopped(proc.pid):
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGCONT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    new = [n for n in backups_in(site.backups) if n not in site.seeded]
+    assert len(new) == 1 and (site.backups / f"{new[0]}.sha256").exists()
+    values = metrics_textfile.read(site.prom)
+    assert values["portunus_backup_last_attempt_success"] == 1
+    assert values["portunus_backup_last_size_bytes"] == (site.backups / new[0]).stat().st_size
+
+
+def _stopped(pid: int) -> bool:
+    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return state in ("T", "t")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from portunus import metrics_textfile
+from portunus import metrics_textfile, testpoints
 from portunus.datadir import DataDir
 from portunus.engine import backup as backup_engine
 from portunus.engine import retention
@@ -131,12 +131,11 @@ def managed_backup(data_dir: DataDir, options: ManagedOptions) -> ManagedBackup:
         pruned, kept = _prune(options)
     except PortunusError as error:
         failures.append(error)
-    now = time.time()
-    values = {**success_metrics(made, now), **prune_metrics(pruned, now)}
-    if kept is not None:
-        values["portunus_backup_kept_count"] = kept
-    if not _write_metrics(options, values):
-        failures.append(_metrics_failure(options.metrics_textfile))
+    finally:
+        # The backup was made whatever pruning did, even when a SIGTERM
+        # stopped it: the success is recorded on the way out too.
+        if not _record_success(options, made, pruned, kept):
+            failures.append(_metrics_failure(options.metrics_textfile))
     result = ManagedBackup(made, pruned, options.metrics_textfile)
     if failures:
         raise BackupIncomplete(result, failures)
@@ -146,12 +145,26 @@ def managed_backup(data_dir: DataDir, options: ManagedOptions) -> ManagedBackup:
 def _prune(options: ManagedOptions) -> tuple[retention.PruneReport | None, int | None]:
     """The prune report (None without a rule) and the backups left (counted
     only when there is a textfile to record them in)."""
+    testpoints.reached("managed.pruning")
     if options.policy.empty:
         if options.metrics_textfile is None:
             return None, None
         return None, len(retention.scan(options.directory).backups)
     pruned = retention.prune(options.directory, options.policy)
     return pruned, len(pruned.plan.kept)
+
+
+def _record_success(
+    options: ManagedOptions,
+    made: backup_engine.BackupResult,
+    pruned: retention.PruneReport | None,
+    kept: int | None,
+) -> bool:
+    now = time.time()
+    values = {**success_metrics(made, now), **prune_metrics(pruned, now)}
+    if kept is not None:
+        values["portunus_backup_kept_count"] = kept
+    return _write_metrics(options, values)
 
 
 def _write_metrics(options: ManagedOptions, values: dict[str, float]) -> bool:

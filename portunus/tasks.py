@@ -27,7 +27,6 @@ from invoke import Collection, Exit, task
 from portunus import config, lazy, runtime
 from portunus import log as log_setup
 from portunus.datadir import DataDir, resolve_data_dir
-from portunus.durations import parse_duration
 from portunus.errors import STOP_SIGNALS, Interrupted, PortunusError, UsageError
 
 # Each command imports only the engine it runs: start-up is most of what
@@ -35,6 +34,7 @@ from portunus.errors import STOP_SIGNALS, Interrupted, PortunusError, UsageError
 metrics_textfile = lazy.module("portunus.metrics_textfile")
 audit_prune_engine = lazy.module("portunus.engine.audit_prune")
 backup_engine = lazy.module("portunus.engine.backup")
+managed = lazy.module("portunus.engine.managed")
 reset_engine = lazy.module("portunus.engine.reset")
 restore_engine = lazy.module("portunus.engine.restore")
 retention = lazy.module("portunus.engine.retention")
@@ -161,44 +161,42 @@ def _print_json(data: dict[str, Any]) -> None:
 def backup(c, out=None, json=False):
     """Online backup of the store to a new file (safe while the server runs)."""
     rt = _runtime(c)
-    target = out or rt.settings.get("backup.dir")
-    if not target:
+    if out is None and not rt.settings.get("backup.dir"):
         raise UsageError(
             "backup needs --out PATH (or [backup].dir in server.toml)",
             hint="e.g. portunus-server backup --out ~/portunus-$(date +%F).db",
         )
-    # Only a backup into [backup].dir (no --out) is "managed": it prunes per
-    # [retention] and updates the metrics textfile; an explicit --out never
-    # prunes anything.
-    managed = out is None
-    try:
-        result = backup_engine.backup(
-            rt.data_dir,
-            Path(target).expanduser(),
-            verify=rt.settings.get("backup.verify"),
-            checksum=rt.settings.get("backup.checksum"),
-            progress=None if json else _progress_bar(),
-            # [backup] dir is a directory, and so is an --out DIR/ (pathlib
-            # drops the slash): if it is missing, 74, never a file of its name.
-            directory=managed or target.endswith(os.sep),
-        )
-    except PortunusError:
-        if managed:
-            now = time.time()
-            _update_metrics(
-                rt,
-                portunus_backup_last_attempt_timestamp_seconds=now,
-                portunus_backup_last_attempt_success=0,
-            )
-        raise
-    if not json:
-        print(result.path, flush=True)
-    pruned = _after_managed_backup(rt, Path(target).expanduser(), result) if managed else None
-    if json:
-        summary = result.as_dict()
-        if managed:
-            summary["prune"] = pruned.as_dict() if pruned else None
+    progress = None if json else _progress_bar()
+    if out is None:
+        # Into [backup].dir: a managed backup, which prunes per [retention]
+        # and records the metrics textfile (engine.managed).
+        options = managed.options_from_settings(rt.settings, progress=progress)
+        try:
+            made = managed.managed_backup(rt.data_dir, options)
+        except managed.BackupIncomplete as incomplete:
+            _render_backup(incomplete.made.as_dict(), json)  # it was made: say where
+            raise
+        _render_backup(made.as_dict(), json)
+        return
+    # An explicit --out is the operator's own file: never pruned, not recorded.
+    result = backup_engine.backup(
+        rt.data_dir,
+        Path(out).expanduser(),
+        verify=rt.settings.get("backup.verify"),
+        checksum=rt.settings.get("backup.checksum"),
+        progress=progress,
+        # An --out DIR/ (pathlib drops the slash) is a directory: if it is
+        # missing, 74, never a file of its name.
+        directory=out.endswith(os.sep),
+    )
+    _render_backup(result.as_dict(), json)
+
+
+def _render_backup(summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
         _print_json(summary)
+    else:
+        print(summary["path"], flush=True)
 
 
 def _progress_bar() -> Callable[[int, int], None] | None:
@@ -332,51 +330,6 @@ def serve(c):
 # --- retention, status, config and audit (prune, status, config.*, audit.prune) ---
 
 
-def _policy(settings: config.Settings) -> retention.Policy:
-    within = settings.get("retention.keep_within")
-    return retention.Policy(
-        **{f"keep_{rule}": settings.get(f"retention.keep_{rule}") for rule in retention.PERIODS},
-        keep_last=settings.get("retention.keep_last"),
-        keep_within=parse_duration(within) if within else None,
-    )
-
-
-def _after_managed_backup(
-    rt: runtime.Runtime, directory: Path, result: backup_engine.BackupResult
-) -> retention.PruneReport | None:
-    """A backup into [backup].dir then prunes per [retention] (when a rule
-    is set) and updates the metrics textfile (when one is configured)."""
-    policy = _policy(rt.settings)
-    now = time.time()
-    pruned = None
-    try:
-        pruned = None if policy.empty else retention.prune(directory, policy)
-    finally:
-        # The backup succeeded whatever pruning did: record it either way.
-        _update_metrics(
-            rt,
-            portunus_backup_last_success_timestamp_seconds=now,
-            portunus_backup_last_duration_seconds=result.total_seconds,
-            portunus_backup_last_size_bytes=result.bytes,
-            portunus_backup_last_attempt_timestamp_seconds=now,
-            portunus_backup_last_attempt_success=1,
-            **_prune_metrics(pruned, now),
-        )
-    if rt.settings.get("backup.metrics_textfile"):
-        kept = len(pruned.plan.kept) if pruned else len(retention.scan(directory).backups)
-        _update_metrics(rt, portunus_backup_kept_count=kept)
-    return pruned
-
-
-def _prune_metrics(pruned: retention.PruneReport | None, now: float) -> dict[str, float]:
-    if pruned is None or pruned.dry_run:
-        return {}
-    return {
-        "portunus_prune_last_removed_count": len(pruned.removed),
-        "portunus_prune_last_timestamp_seconds": now,
-    }
-
-
 def _update_metrics(rt: runtime.Runtime, **values: float) -> None:
     textfile = rt.settings.get("backup.metrics_textfile")
     if textfile and values:
@@ -404,10 +357,12 @@ def prune(c, dry_run=False, json=False, dir_=None):
     """Apply [retention] to the backup directory: remove the backups no rule keeps."""
     rt = _runtime(c)
     directory = _backup_dir(rt, dir_)
-    pruned = retention.prune(directory, _policy(rt.settings), dry_run=dry_run)
+    pruned = retention.prune(
+        directory, retention.policy_from_settings(rt.settings), dry_run=dry_run
+    )
     if not dry_run and _is_configured_backup_dir(rt, directory):
         kept = {"portunus_backup_kept_count": len(pruned.plan.kept)}
-        _update_metrics(rt, **kept, **_prune_metrics(pruned, time.time()))
+        _update_metrics(rt, **kept, **managed.prune_metrics(pruned, time.time()))
     if json:
         _print_json(pruned.as_dict())
     else:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import apsw
+import pytest
 
 from portunus.datadir import DataDir
 from portunus.engine import tokens
@@ -126,3 +129,20 @@ def schema_version(path: Path) -> int:
         ).fetchall()[0][0]
     finally:
         conn.close()
+
+
+@contextlib.contextmanager
+def immutable(path: Path) -> Iterator[None]:
+    """chattr +i: not even root may unlink it (ext4, xfs, btrfs); skips elsewhere."""
+    if os.geteuid() != 0:
+        pytest.skip("chattr +i needs root")
+    try:
+        done = subprocess.run(["chattr", "+i", str(path)], capture_output=True)
+    except FileNotFoundError:
+        pytest.skip("chattr is not installed")
+    if done.returncode != 0:
+        pytest.skip(f"chattr +i unsupported here: {done.stderr!r}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)

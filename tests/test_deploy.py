@@ -114,30 +114,37 @@ def test_sysusers_and_tmpfiles_create_the_user_and_the_backup_dir(tmp_path: Path
     assert (made.st_uid, made.st_mode & 0o777) == (uid, 0o700)
 
 
-def test_the_cron_script_prunes_with_prune_not_find(tmp_path: Path, env):
-    """The spec's script, rewritten: backup into a directory, then prune."""
+def test_the_cron_script_runs_a_managed_backup_not_find(tmp_path: Path, env):
+    """The spec's script, rewritten: the service's own managed backup (no
+    --out: [backup].dir, pruned, recorded), no find -delete."""
     script = DEPLOY / "portunus-backup.cron"
     assert subprocess.run(["sh", "-n", str(script)]).returncode == 0
     commands = [
         line for line in script.read_text().splitlines() if not line.lstrip().startswith("#")
     ]
     assert not any("find " in line or "-delete" in line for line in commands)
-    assert any(line.strip().startswith("prune") for line in commands)
+    assert not any("--out" in line for line in commands)
+    assert commands[-1].rstrip().endswith(" backup")
     assert os.access(script, os.X_OK)
 
 
-def test_the_cron_script_really_backs_up_and_prunes(tmp_path: Path, env):
-    """Run three times with keep_last = 2: two backups remain, in a 0700 dir."""
+def test_the_cron_script_really_backs_up_prunes_and_records(tmp_path: Path, env):
+    """Run three times with keep_last = 2: two backups remain, each with its
+    sidecar, and the metrics textfile holds the last success, which a cron
+    host's PortunusBackupMetricsMissing alert needs."""
     data = make_store(DataDir(tmp_path / "data"))
-    config = tmp_path / "server.toml"
-    config.write_text("[retention]\nkeep_last = 2\n")
     dest = tmp_path / "backups"
+    dest.mkdir(mode=0o700)
+    prom = tmp_path / "portunus.prom"
+    config = tmp_path / "server.toml"
+    config.write_text(
+        f'[backup]\ndir = "{dest}"\nmetrics_textfile = "{prom}"\n[retention]\nkeep_last = 2\n'
+    )
     run_env = {
         **env,
         "PORTUNUS_BIN": str(LOCAL_BINARY),
         "PORTUNUS_CONFIG": str(config),
         "DATA_DIR": str(data.path),
-        "BACKUP_DIR": str(dest),
         "RUN_AS": subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip(),
     }
     for _ in range(3):
@@ -145,8 +152,33 @@ def test_the_cron_script_really_backs_up_and_prunes(tmp_path: Path, env):
             ["sh", str(DEPLOY / "portunus-backup.cron")], env=run_env, capture_output=True
         )
         assert run.returncode == 0, run.stderr
-    assert len([n for n in os.listdir(dest) if time_from_name(n)]) == 2
-    assert dest.stat().st_mode & 0o777 == 0o700
+    made = sorted(n for n in os.listdir(dest) if time_from_name(n))
+    assert len(made) == 2
+    assert sorted(os.listdir(dest)) == sorted(made + [f"{n}.sha256" for n in made])
+    metrics = prom.read_text()
+    assert "portunus_backup_last_success_timestamp_seconds " in metrics
+    assert "portunus_backup_kept_count 2\n" in metrics
+    assert "portunus_prune_last_removed_count 1\n" in metrics
+
+
+def test_the_cron_script_never_creates_a_missing_backup_dir(tmp_path: Path, env):
+    """An unmounted backup disk is a failure cron reports (74), not a new
+    directory on the root filesystem."""
+    data = make_store(DataDir(tmp_path / "data"))
+    config = tmp_path / "server.toml"
+    config.write_text(f'[backup]\ndir = "{tmp_path / "mnt" / "backups"}"\n')
+    run_env = {
+        **env,
+        "PORTUNUS_BIN": str(LOCAL_BINARY),
+        "PORTUNUS_CONFIG": str(config),
+        "DATA_DIR": str(data.path),
+        "RUN_AS": subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip(),
+    }
+    run = subprocess.run(
+        ["sh", str(DEPLOY / "portunus-backup.cron")], env=run_env, capture_output=True
+    )
+    assert run.returncode == 74, run.stderr
+    assert not (tmp_path / "mnt").exists()
 
 
 def test_the_deploy_readme_covers_every_file_in_deploy():

@@ -194,3 +194,88 @@ def test_start_writeback_is_best_effort():
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+def _orphan(directory: Path, name: str, *, age: float, text: str | None = None) -> Path:
+    """A sidecar as a backup killed before publishing itself leaves it."""
+    path = directory / f"{name}.sha256"
+    path.write_text(text if text is not None else f"{'ab' * 32}  {name}\n")
+    old = time.time() - age
+    os.utime(path, (old, old))
+    return path
+
+
+def test_a_backup_sweeps_lone_sidecars_killed_backups_left_and_nothing_else(store, tmp_path):
+    """A stale, unlocked sidecar of a generated name, with exactly the line a
+    backup writes and no backup beside it: removed. A fresh one, a locked one
+    (a live backup about to publish), one whose backup exists, one with other
+    content, and other names stay."""
+    out = tmp_path / "backups"
+    out.mkdir()
+    stale = _orphan(out, "portunus-state-2026-01-01T00:00:00Z.db", age=3600)
+    precise = _orphan(out, "portunus-state-2026-01-01T00:00:00.123456Z.db", age=3600)
+    kept = [
+        _orphan(out, "portunus-state-2026-01-02T00:00:00Z.db", age=5),
+        _orphan(out, "portunus-state-2026-01-03T00:00:00Z.db", age=3600, text="mine\n"),
+        _orphan(out, "notes.db", age=3600),
+    ]
+    locked = _orphan(out, "portunus-state-2026-01-04T00:00:00Z.db", age=3600)
+    with_backup = _orphan(out, "portunus-state-2026-01-05T00:00:00Z.db", age=3600)
+    (out / "portunus-state-2026-01-05T00:00:00Z.db").write_bytes(b"SQLite format 3\x00")
+    holder = os.open(locked, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # as a live backup holds its sidecar
+    try:
+        result = backup_engine.backup(store, out)
+    finally:
+        os.close(holder)
+    names = {p.name for p in out.iterdir()}
+    assert stale.name not in names and precise.name not in names
+    assert {p.name for p in [*kept, locked, with_backup]} <= names
+    assert sidecar_path(result.path).exists()
+
+
+def test_a_lone_sidecar_of_an_explicit_out_name_is_swept_by_the_same_command(store, tmp_path):
+    """backup --out b.db killed between its sidecar and itself, run again: the
+    stale lone b.db.sha256 is removed and the backup made, not refused (6)."""
+    _orphan(tmp_path, "b.db", age=3600)
+    result = backup_engine.backup(store, tmp_path / "b.db")
+    digest, _ = sha256_file(result.path)
+    assert sidecar_path(result.path).read_text() == f"{digest}  b.db\n"
+
+
+def test_a_fresh_lone_sidecar_of_an_explicit_out_name_is_still_refused(store, tmp_path):
+    """Under a minute old it may be a live backup's: 6, nothing touched."""
+    orphan = _orphan(tmp_path, "b.db", age=5)
+    with pytest.raises(PortunusError) as raised:
+        backup_engine.backup(store, tmp_path / "b.db")
+    assert raised.value.event == "backup.destination_exists"
+    assert orphan.exists() and not (tmp_path / "b.db").exists()
+
+
+def test_the_sidecar_is_published_before_the_backup_and_held_until_then(
+    store, tmp_path, monkeypatch
+):
+    """At the moment the backup's name appears, its sidecar is already there
+    and locked (no sweep can take it for an orphan meanwhile)."""
+    out = tmp_path / "backups"
+    out.mkdir()
+    seen: list[tuple[bool, bool]] = []
+    real = durable.publish_no_replace
+
+    def observed(tmp: Path, final: Path, *, event: str) -> None:
+        if final.suffix == ".db":
+            sidecar = sidecar_path(final)
+            fd = os.open(sidecar, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                locked = False
+            except BlockingIOError:
+                locked = True
+            finally:
+                os.close(fd)
+            seen.append((sidecar.exists(), locked))
+        real(tmp, final, event=event)
+
+    monkeypatch.setattr(durable, "publish_no_replace", observed)
+    backup_engine.backup(store, out)
+    assert seen == [(True, True)]

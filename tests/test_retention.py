@@ -12,8 +12,9 @@ from portunus.durations import parse_duration
 from portunus.engine import retention
 from portunus.engine.backup import backup_name
 from portunus.engine.retention import Backup, Policy, plan
-from portunus.errors import InputMissing
+from portunus.errors import InputMissing, StorageIOError
 from portunus.store.sqlitefile import SQLITE_HEADER
+from tests import support
 
 
 def at(text: str) -> datetime:
@@ -119,10 +120,29 @@ def test_keep_hourly_monthly_and_yearly():
 def test_keep_within_counts_from_the_newest_backup_not_from_now():
     """Old backups of a host whose backups stopped are not all thrown away."""
     decided = plan(
-        backups("2020-01-01T00:00", "2020-01-05T00:00", "2020-01-09T00:00"),
+        backups("2020-01-01T00:00", "2020-01-05T06:00", "2020-01-09T00:00"),
         Policy(keep_within=timedelta(days=4)),
     )
-    assert kept_stamps(decided) == ["2020-01-09T00:00", "2020-01-05T00:00"]
+    assert kept_stamps(decided) == ["2020-01-09T00:00", "2020-01-05T06:00"]
+
+
+def test_keep_within_keeps_strictly_less_than_its_duration():
+    """keep_within = "2d" (restic's meaning): a backup exactly 48 h older than
+    the newest is removed; one second younger than that is kept."""
+    decided = plan(
+        [
+            *backups("2026-03-03T12:00"),
+            Backup(backup_name(at("2026-03-01T12:00:01")), at("2026-03-01T12:00:01")),
+            Backup(backup_name(at("2026-03-01T12:00:00")), at("2026-03-01T12:00:00")),
+        ],
+        Policy(keep_within=parse_duration("2d")),
+    )
+    actions = {d.backup.time.isoformat(): d.keep for d in decided.decisions}
+    assert actions == {
+        "2026-03-03T12:00:00+00:00": True,
+        "2026-03-01T12:00:01+00:00": True,
+        "2026-03-01T12:00:00+00:00": False,
+    }
 
 
 def test_a_backup_kept_by_several_rules_lists_every_rule():
@@ -221,3 +241,15 @@ def test_a_symlinked_sidecar_is_not_followed_or_removed(tmp_path: Path):
     Path(f"{old}.sha256").symlink_to(precious)
     retention.prune(tmp_path, Policy(keep_last=1))
     assert not old.exists() and Path(f"{old}.sha256").is_symlink() and precious.exists()
+
+
+def test_a_prune_that_cannot_remove_a_backup_leaves_it_with_its_sidecar(tmp_path):
+    """The artefact goes before its sidecar: when it cannot be removed (here
+    immutable), the backup is still whole with its checksum, never a
+    backup without a sidecar (exit 74, prune.io_error)."""
+    old = write_backup(tmp_path, at("2025-01-01T00:00:00"))
+    write_backup(tmp_path, at("2025-01-02T00:00:00"))
+    with support.immutable(old), pytest.raises(StorageIOError) as raised:
+        retention.prune(tmp_path, Policy(keep_last=1))
+    assert raised.value.event == "prune.io_error"
+    assert old.exists() and Path(f"{old}.sha256").exists()

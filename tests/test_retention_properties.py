@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from portunus.engine.backup import backup_name
@@ -52,7 +52,8 @@ def reference_kept(items: list[Backup], policy: Policy) -> set[str]:
         for key in sorted(newest_per_period, reverse=True)[: policy.counts()[rule]]:
             keep.add(newest_per_period[key].name)
     if policy.keep_within and ordered:
-        keep |= {b.name for b in ordered if b.time >= ordered[0].time - policy.keep_within}
+        newest = ordered[0].time
+        keep |= {b.name for b in ordered if newest - b.time < policy.keep_within}
     return keep
 
 
@@ -91,7 +92,15 @@ def test_a_policy_that_keeps_more_never_removes_what_a_smaller_one_keeps(items, 
     assert kept(plan(items, small)) <= kept(plan(items, larger))
 
 
+def _pair(hours_apart: int) -> list[Backup]:
+    return [
+        Backup(backup_name(when), when) for when in (START, START + timedelta(hours=hours_apart))
+    ]
+
+
 @given(backup_sets(), policies)
+# keep_within's boundary: a backup exactly that much older is not kept.
+@example(_pair(1), Policy(keep_within=timedelta(hours=1)))
 def test_the_plan_matches_an_independent_statement_of_the_rules(items, policy):
     """Streaming newest-first gives what grouping by period gives."""
     assert kept(plan(items, policy)) == reference_kept(items, policy)

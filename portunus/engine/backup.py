@@ -7,7 +7,8 @@ to restart (the stepped copy without that held transaction, and the sqlite3
 shell's ``.backup``, restart without end under a busy writer: see
 docs/performance.md). The result is written under a temporary name, checked,
 turned into a rollback-journal file, fsynced, and only then published under
-its final name, which is never replaced.
+its final name, which is never replaced, after its checksum sidecar: a
+backup never exists without its sidecar.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 import apsw
 import structlog
 
-from portunus import durable
+from portunus import durable, testpoints
 from portunus.datadir import DataDir
 from portunus.engine import artefact
 from portunus.engine.checksum import sha256_file, sidecar_path, sidecar_text
@@ -55,6 +56,12 @@ NAME_ATTEMPTS = 100  # fresh names tried when concurrent backups share a directo
 # An unlocked temporary file untouched this long was left by a killed backup.
 STALE_TEMP_SECS = 60.0
 _TEMP_NAME = re.compile(durable.exclusive_name_pattern(TEMP_PREFIX, ".tmp"))
+# What backup_name writes (seconds, or microseconds on a clash).
+_BACKUP_NAME = re.compile(
+    re.escape(BACKUP_PREFIX) + r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z\.db"
+)
+_SIDECAR_LINE = re.compile(r"[0-9a-f]{64}  [^\n]+\n")
+SIDECAR_MAX = 4096  # a digest, two spaces and a file name (at most 255 bytes)
 
 Progress = Callable[[int, int], None]
 
@@ -198,6 +205,7 @@ def _destination(out: Path, directory: bool) -> tuple[Path, bool]:
             path=str(out),
         )
     if out.is_dir():
+        sweep_orphan_sidecars(out)
         now = datetime.now(UTC)
         final = out / backup_name(now)
         if os.path.lexists(final) or os.path.lexists(sidecar_path(final)):
@@ -220,6 +228,8 @@ def _destination(out: Path, directory: bool) -> tuple[Path, bool]:
             hint="create it first (mkdir -p), or pick another --out",
             path=str(final),
         )
+    if not out.is_dir():
+        sweep_orphan_sidecars(final.parent, only=final)
     for taken in (final, sidecar_path(final)):
         if os.path.lexists(taken):
             raise WouldOverwrite(
@@ -461,25 +471,10 @@ def _log_checkpoint_skipped(exc: apsw.Error) -> None:
 def _publish(
     tmp: Path, final: Path, digest: str | None, named_here: bool
 ) -> tuple[Path, Path | None]:
-    final = _link_under_free_name(tmp, final, named_here)
-    sidecar = None
-    if digest is not None:
-        try:
-            sidecar = _publish_sidecar(digest, final)
-        except BaseException:
-            # All or nothing: a backup we published moments ago without its
-            # checksum is withdrawn rather than left half-done.
-            durable.remove_if_present(final)
-            raise
-    durable.fsync_dir(final.parent)
-    return final, sidecar
-
-
-def _link_under_free_name(tmp: Path, final: Path, named_here: bool) -> Path:
+    """Publish the checked copy (and its sidecar) under a free final name."""
     for attempt in range(NAME_ATTEMPTS):
         try:
-            durable.publish_no_replace(tmp, final, event="backup.destination_exists")
-            return final
+            return final, _publish_as(tmp, final, digest)
         except WouldOverwrite:
             if not named_here or attempt == NAME_ATTEMPTS - 1:
                 raise
@@ -490,19 +485,117 @@ def _link_under_free_name(tmp: Path, final: Path, named_here: bool) -> Path:
     raise AssertionError("unreachable")
 
 
-def _publish_sidecar(digest: str, final: Path) -> Path:
-    sidecar_tmp = durable.create_exclusive(final.parent, TEMP_PREFIX, ".tmp")
+def _publish_as(tmp: Path, final: Path, digest: str | None) -> Path | None:
+    """The sidecar first, under its final name, then the backup: a backup's
+    final name never exists without its sidecar, whatever kills us (a kill
+    in between leaves a lone sidecar, which ``sha256sum -c`` reports as
+    missing its file and the next backup sweeps: :func:`sweep_orphan_sidecars`).
+    The sidecar stays flock-ed until the backup is published, so no sweep
+    takes it for an orphan meanwhile."""
+    if digest is None:
+        durable.publish_no_replace(tmp, final, event="backup.destination_exists")
+        durable.fsync_dir(final.parent)
+        return None
+    sidecar, held = _publish_sidecar(digest, final)
+    published = False
     try:
+        # The sidecar's name is durable before the backup's can be.
+        durable.fsync_dir(final.parent)
+        testpoints.reached("backup.sidecar_published")
+        durable.publish_no_replace(tmp, final, event="backup.destination_exists")
+        published = True
+        durable.fsync_dir(final.parent)
+    except BaseException:
+        if not published:
+            # All or nothing: the sidecar of a backup never published goes.
+            durable.remove_if_present(sidecar)
+        raise
+    finally:
+        os.close(held)
+    return sidecar
+
+
+def _publish_sidecar(digest: str, final: Path) -> tuple[Path, int]:
+    """The sidecar under its final name, and a descriptor holding its flock."""
+    sidecar_tmp = durable.create_exclusive(final.parent, TEMP_PREFIX, ".tmp")
+    held = None
+    try:
+        held = os.open(sidecar_tmp, os.O_RDONLY | os.O_CLOEXEC)
+        _try_flock(held)
         # Written only now that the final name is settled: the line names it.
         sidecar_tmp.write_text(sidecar_text(digest, final.name), "utf-8")
         durable.fsync_path(sidecar_tmp)
         durable.publish_no_replace(
             sidecar_tmp, sidecar_path(final), event="backup.destination_exists"
         )
+    except BaseException:
+        if held is not None:
+            os.close(held)
+        raise
     finally:
         # Also on a full disk mid-write: no temp file is ever left behind.
         durable.remove_if_present(sidecar_tmp)
-    return sidecar_path(final)
+    return sidecar_path(final), held
+
+
+def _try_flock(fd: int) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        pass  # a filesystem without flock: the age rule alone protects it
+
+
+def sweep_orphan_sidecars(directory: Path, only: Path | None = None) -> list[Path]:
+    """Remove the sidecars that backups killed between publishing their
+    sidecar and their backup left: ``<backup name>.sha256`` whose backup does
+    not exist, holding exactly the line a backup writes for that name,
+    unlocked (no live backup is publishing it) and ``STALE_TEMP_SECS`` old.
+    In a directory only generated ``portunus-state-<RFC3339>.db`` names are
+    considered; ``only`` names one explicit ``--out`` file's sidecar. Best
+    effort, like :func:`sweep_stale_temps`."""
+    if only is not None:
+        candidates = [sidecar_path(only)]
+    else:
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            return []
+        candidates = [
+            directory / n
+            for n in names
+            if n.endswith(".sha256") and _BACKUP_NAME.fullmatch(n[: -len(".sha256")])
+        ]
+    return [path for path in candidates if _remove_if_orphan(path)]
+
+
+def _remove_if_orphan(sidecar: Path) -> bool:
+    backup = sidecar.with_name(sidecar.name[: -len(".sha256")])
+    try:
+        info = os.lstat(sidecar)
+        if os.path.lexists(backup) or not stat.S_ISREG(info.st_mode):
+            return False
+        if time.time() - info.st_mtime < STALE_TEMP_SECS or info.st_size > SIDECAR_MAX:
+            return False
+        fd = os.open(sidecar, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        text = os.read(fd, SIDECAR_MAX).decode("utf-8", "replace")
+        if not _SIDECAR_LINE.fullmatch(text) or not text.endswith(f"  {backup.name}\n"):
+            return False  # not the line a backup writes: someone else's file
+        os.unlink(sidecar)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    log.warning(
+        "backup.orphan_sidecar_removed",
+        msg="removed a checksum sidecar whose backup an interrupted backup never published",
+        path=str(sidecar),
+        age_secs=round(time.time() - info.st_mtime),
+    )
+    return True
 
 
 def _io_error(exc: BaseException, path: Path, source: Path | None = None) -> PortunusError:

@@ -31,10 +31,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from portunus import durable
+from portunus.durations import parse_duration
 from portunus.engine.checksum import sidecar_path
 from portunus.errors import InputMissing, StorageIOError
 from portunus.store.sqlitefile import has_sqlite_header
@@ -79,6 +81,16 @@ class Policy:
         if self.keep_within:
             rules["keep_within_seconds"] = int(self.keep_within.total_seconds())
         return rules
+
+
+def policy_from_settings(settings: Any) -> Policy:
+    """The ``[retention]`` table of ``server.toml`` (a config.Settings)."""
+    within = settings.get("retention.keep_within")
+    return Policy(
+        **{f"keep_{rule}": settings.get(f"retention.keep_{rule}") for rule in PERIODS},
+        keep_last=settings.get("retention.keep_last"),
+        keep_within=parse_duration(within) if within else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -233,9 +245,11 @@ def _mark_periods(
 def _mark_within(ordered: list[Backup], within: timedelta, reasons: list[list[str]]) -> None:
     if not ordered:
         return
-    oldest_kept = ordered[0].time - within
+    # Strictly less than ``within`` older, as restic and the docs say: with
+    # "2d", a backup exactly 48 h older than the newest is not kept by it.
+    newest = ordered[0].time
     for index, backup in enumerate(ordered):
-        if backup.time >= oldest_kept:
+        if newest - backup.time < within:
             reasons[index].append("within")
 
 
@@ -315,12 +329,13 @@ def _size_or_none(path: Path) -> int | None:
 
 
 def apply(directory: Path, decisions: Iterable[Decision], report: PruneReport) -> None:
-    """Remove every backup the plan removes, sidecar first, then the artefact.
+    """Remove every backup the plan removes, the artefact first, then its sidecar.
 
-    Sidecar first: a crash in between leaves a backup without a checksum,
-    which the next prune removes, rather than an orphaned sidecar that no
-    prune would ever touch. Each file is checked again just before removal;
-    one that changed since the scan is skipped, not removed.
+    Artefact first, as backup publishes it last: a backup never lacks its
+    sidecar, even after a crash in between, which leaves a lone sidecar
+    that the next backup into the directory sweeps
+    (engine.backup.sweep_orphan_sidecars). Each file is checked again just
+    before removal; one that changed since the scan is skipped, not removed.
     """
     for decision in decisions:
         if decision.keep:
@@ -335,7 +350,7 @@ def apply(directory: Path, decisions: Iterable[Decision], report: PruneReport) -
                 path=str(path),
             )
             continue
-        report.bytes_freed += _remove(sidecar_path(path), regular_only=True) + _remove(path)
+        report.bytes_freed += _remove(path) + _remove(sidecar_path(path), regular_only=True)
         report.removed.append(name)
     if report.removed:
         try:

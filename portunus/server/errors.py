@@ -36,9 +36,19 @@ class ApiError(PortunusError):
     http_status = 500
     default_event = "internal_error"
 
-    def __init__(self, message: str, *, field: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        details: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(message, **kwargs)
         self.field = field
+        # More of the answer, beside "error" and "message": what was done
+        # before the failure (the backup a failed pruning followed).
+        self.details = details or {}
 
 
 class InvalidInput(ApiError):
@@ -121,7 +131,8 @@ def render_error(request: Request, exc: BaseException) -> HTTPResponse:
     request.ctx.error_event = error.event
     if status >= 500:
         _log_server_error(request, error, exc)
-    body: dict[str, Any] = {"error": error.event, "message": error.message}
+    body: dict[str, Any] = {**getattr(error, "details", {}), "error": error.event}
+    body["message"] = error.message
     if getattr(error, "field", None):
         body["field"] = error.field
     if error.hint:

@@ -114,12 +114,32 @@ def test_a_missing_or_bad_token_is_401_with_an_auth_failure_event(api, header, r
         assert header.split()[1] not in api.server.stderr()
 
 
-def test_a_client_token_only_opens_the_client_route(api):
-    """Client tokens poll rules; they are not operator tokens, and vice versa."""
+def test_a_known_token_of_the_wrong_kind_is_403_saying_which_kind(api):
+    """Client tokens poll rules; they are not operator tokens, and vice
+    versa. A valid token on the wrong kind of endpoint is not 'unknown': the
+    response and the auth.forbidden event say which kind was given and which
+    was needed."""
     edge = api.server.client(api.client_tokens["edge-a"])
     assert edge.get("/v1/client/rules").status_code == 200
-    assert edge.get("/v1/rules").status_code == 401
-    assert api.admin.get("/v1/client/rules").status_code == 401
+    before = len(api.server.events())
+    cases = [
+        (edge, "/v1/rules", "client", "operator"),
+        (api.admin, "/v1/client/rules", "operator", "client"),
+        (api.viewer, "/v1/client/rules", "operator", "client"),
+    ]
+    for caller, path, given, needed in cases:
+        response = caller.get(path)
+        assert response.status_code == 403, response.text
+        assert response.json()["error"] == "auth.forbidden"
+        message = response.json()["message"]
+        assert f"needs a{'n' if needed == 'operator' else ''} {needed} token" in message
+        assert f"yours is a{'n' if given == 'operator' else ''} {given} token" in message
+    events = api.server.events()[before:]
+    assert "auth.failure" not in [e["event"] for e in events]
+    forbidden = [e for e in events if e["event"] == "auth.forbidden"]
+    assert [(e["reason"], e["given"], e["needed"], e["path"]) for e in forbidden] == [
+        ("wrong_token_kind", given, needed, path) for _, path, given, needed in cases
+    ]
 
 
 @pytest.mark.parametrize(

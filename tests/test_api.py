@@ -527,6 +527,33 @@ def test_an_oversize_body_is_413(api):
     assert response.json()["error"] == "api.payload_too_large"
 
 
+def test_a_body_shorter_than_its_content_length_is_408_then_closed(api):
+    """10 of 100 announced bytes, then silence: a client error, answered
+    once the body timeout (BODY_TIMEOUT_SECS) passes, never a 500."""
+    head = (
+        b"POST /v1/clients HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100\r\n\r\n"
+    )
+    before = len(api.server.events())
+    with (
+        socket.create_connection(("127.0.0.1", api.server.port), timeout=120) as raw,
+        api.server.tls_context().wrap_socket(raw, server_hostname="127.0.0.1") as conn,
+    ):
+        conn.sendall(head + b'{"name": "')
+        answer = b""
+        while chunk := conn.recv(65536):  # until the server closes the connection
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 408 Request Timeout", answer
+    body = json.loads(rest.partition(b"\r\n\r\n")[2])
+    assert body["error"] == "api.request_timeout"
+    assert "Content-Length" in body["message"]
+    logged = [e for e in api.server.events()[before:] if e["event"] == "http.request"]
+    assert [(e["path"], e["status"], e["error"]) for e in logged] == [
+        ("/v1/clients", 408, "api.request_timeout")
+    ]
+
+
 @pytest.mark.parametrize(
     ("method", "path", "status"),
     [

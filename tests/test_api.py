@@ -114,12 +114,32 @@ def test_a_missing_or_bad_token_is_401_with_an_auth_failure_event(api, header, r
         assert header.split()[1] not in api.server.stderr()
 
 
-def test_a_client_token_only_opens_the_client_route(api):
-    """Client tokens poll rules; they are not operator tokens, and vice versa."""
+def test_a_known_token_of_the_wrong_kind_is_403_saying_which_kind(api):
+    """Client tokens poll rules; they are not operator tokens, and vice
+    versa. A valid token on the wrong kind of endpoint is not 'unknown': the
+    response and the auth.forbidden event say which kind was given and which
+    was needed."""
     edge = api.server.client(api.client_tokens["edge-a"])
     assert edge.get("/v1/client/rules").status_code == 200
-    assert edge.get("/v1/rules").status_code == 401
-    assert api.admin.get("/v1/client/rules").status_code == 401
+    before = len(api.server.events())
+    cases = [
+        (edge, "/v1/rules", "client", "operator"),
+        (api.admin, "/v1/client/rules", "operator", "client"),
+        (api.viewer, "/v1/client/rules", "operator", "client"),
+    ]
+    for caller, path, given, needed in cases:
+        response = caller.get(path)
+        assert response.status_code == 403, response.text
+        assert response.json()["error"] == "auth.forbidden"
+        message = response.json()["message"]
+        assert f"needs a{'n' if needed == 'operator' else ''} {needed} token" in message
+        assert f"yours is a{'n' if given == 'operator' else ''} {given} token" in message
+    events = api.server.events()[before:]
+    assert "auth.failure" not in [e["event"] for e in events]
+    forbidden = [e for e in events if e["event"] == "auth.forbidden"]
+    assert [(e["reason"], e["given"], e["needed"], e["path"]) for e in forbidden] == [
+        ("wrong_token_kind", given, needed, path) for _, path, given, needed in cases
+    ]
 
 
 @pytest.mark.parametrize(
@@ -505,6 +525,33 @@ def test_an_oversize_body_is_413(api):
     response = api.admin.post("/v1/rules", json=huge)
     assert response.status_code == 413
     assert response.json()["error"] == "api.payload_too_large"
+
+
+def test_a_body_shorter_than_its_content_length_is_408_then_closed(api):
+    """10 of 100 announced bytes, then silence: a client error, answered
+    once the body timeout (BODY_TIMEOUT_SECS) passes, never a 500."""
+    head = (
+        b"POST /v1/clients HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100\r\n\r\n"
+    )
+    before = len(api.server.events())
+    with (
+        socket.create_connection(("127.0.0.1", api.server.port), timeout=120) as raw,
+        api.server.tls_context().wrap_socket(raw, server_hostname="127.0.0.1") as conn,
+    ):
+        conn.sendall(head + b'{"name": "')
+        answer = b""
+        while chunk := conn.recv(65536):  # until the server closes the connection
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 408 Request Timeout", answer
+    body = json.loads(rest.partition(b"\r\n\r\n")[2])
+    assert body["error"] == "api.request_timeout"
+    assert "Content-Length" in body["message"]
+    logged = [e for e in api.server.events()[before:] if e["event"] == "http.request"]
+    assert [(e["path"], e["status"], e["error"]) for e in logged] == [
+        ("/v1/clients", 408, "api.request_timeout")
+    ]
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,11 @@ import pytest
 
 from portunus.datadir import DataDir
 from portunus.store.lock import StoreLock
-from tests import support
+from tests import support, unprivileged
 from tests.test_cli_restore import leave_wal_behind, snapshot
+from tests.unprivileged import run_as_nobody
+
+shared_tmp = unprivileged.shared_tmp
 
 STATE_FILES = ("state.db", "state.db-wal", "state.db-shm", "state.db.lock")
 KEPT_FILES = {
@@ -237,3 +240,71 @@ def test_typod_data_dir_with_a_foreign_state_db_is_refused(cli, tmp_path):
         (foreign / name).write_bytes(data)
     run = reset(cli, foreign, "--confirm")
     assert_refused_removing_nothing(run, 7, "reset.not_sqlite", files, foreign)
+
+
+# --- a data dir the user cannot read or write: 74 with the path, nothing lost ---
+
+
+@pytest.fixture
+def unprivileged(shared_tmp: Path):
+    """A root-owned store in a directory ``nobody`` can reach, a config file
+    nobody can read, and a runner for ``reset --confirm`` as nobody."""
+    data = support.make_store(DataDir(shared_tmp / "data"))
+    leave_wal_behind(data, "in-wal")
+    config = shared_tmp / "server.toml"
+    config.write_text("")
+
+    def reset_as_nobody(*extra: str) -> support.Run:
+        return run_as_nobody(
+            "--data-dir", str(data.path), "--config", str(config), "reset", *extra, home=shared_tmp
+        )
+
+    return data, reset_as_nobody
+
+
+def refused_with_74(run: support.Run, path: Path) -> dict:
+    assert run.code == 74, run.err
+    assert "internal_error" not in run.event_names and "Traceback" not in run.err
+    (refusal,) = [e for e in run.events if e["event"] == "reset.io_error"]
+    assert refusal["path"] == str(path)
+    return refusal
+
+
+def test_a_data_dir_the_user_cannot_write_exits_74_and_removes_nothing(unprivileged):
+    data, reset_as_nobody = unprivileged
+    before = full_snapshot(data.path)
+    refused_with_74(reset_as_nobody("--confirm"), data.path)
+    assert full_snapshot(data.path) == before
+
+
+def test_a_data_dir_the_user_cannot_read_exits_74_not_nothing_to_do(unprivileged):
+    data, reset_as_nobody = unprivileged
+    data.path.chmod(0o700)
+    before = full_snapshot(data.path)
+    run = reset_as_nobody("--confirm")
+    refused_with_74(run, data.path)
+    assert not run.has_event("reset.nothing_to_do")
+    assert full_snapshot(data.path) == before
+
+
+def test_a_state_db_the_user_cannot_read_exits_74_not_7(unprivileged):
+    """A writable data dir, but state.db's header cannot be checked."""
+    data, reset_as_nobody = unprivileged
+    data.path.chmod(0o777)
+    data.state_db.chmod(0o600)
+    before = full_snapshot(data.path)
+    refused_with_74(reset_as_nobody("--confirm"), data.state_db)
+    assert full_snapshot(data.path) == before
+
+
+def test_a_file_the_user_cannot_remove_exits_74_naming_it(unprivileged):
+    """A sticky data dir (like /tmp) lets nobody write it, but not remove
+    root's files: the unlink itself fails, and says so."""
+    data, reset_as_nobody = unprivileged
+    data.path.chmod(0o1777)
+    data.state_db.chmod(0o644)  # its header can be checked
+    data.lock.chmod(0o666)  # and the lock taken (it records the holder: not compared)
+    before = snapshot(data)
+    refusal = refused_with_74(reset_as_nobody("--confirm"), data.wal)
+    assert refusal["removed"] == 0
+    assert snapshot(data) == before

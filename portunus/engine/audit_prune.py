@@ -19,10 +19,10 @@ import apsw
 import structlog
 
 from portunus.datadir import DataDir
-from portunus.errors import InputMissing, NotAStateDatabase, StorageIOError
+from portunus.errors import InputMissing, StorageIOError
 from portunus.store import audit, migrations
-from portunus.store.connection import close_quietly, open_store
-from portunus.store.sqlitefile import is_sqlite_file
+from portunus.store.connection import close_quietly, open_as_found, use_wal
+from portunus.store.live import require_state_file
 
 log = structlog.get_logger()
 
@@ -70,7 +70,7 @@ def prune_audit(
     """Delete ``audit_log`` rows with ``at`` before ``before`` (or count them)."""
     conn = None
     try:
-        conn = _open(data_dir)
+        conn = _open(data_dir, dry_run=dry_run)
         cutoff = to_stored_time(before)
         matched, oldest = _matching(conn, cutoff)
         log.info(
@@ -96,7 +96,8 @@ def prune_audit(
     return result
 
 
-def _open(data_dir: DataDir) -> apsw.Connection:
+def _open(data_dir: DataDir, *, dry_run: bool) -> apsw.Connection:
+    """The store, checked; a dry run leaves its journal mode as found."""
     path = data_dir.state_db
     if not os.path.lexists(path):
         raise InputMissing(
@@ -105,19 +106,15 @@ def _open(data_dir: DataDir) -> apsw.Connection:
             hint="check --data-dir (or data_dir in server.toml)",
             path=str(path),
         )
-    if not is_sqlite_file(path):
-        raise NotAStateDatabase(
-            f"{path} is not a SQLite database (bad header, symlink or not a regular file)",
-            event="startup.not_sqlite",
-            hint="check --data-dir; restore a backup if state.db was damaged",
-            path=str(path),
-        )
-    conn = open_store(path)
+    require_state_file(path)
+    conn = open_as_found(path)
     try:
         # No migration here: the server may be running this store right now.
         # Every schema version has had this audit_log table since migration 1.
-        version = migrations.stored_schema_version(conn, path)
-        migrations.refuse_if_too_new(version, path)
+        # Checked before the first write: a refused file is left as it was.
+        version = migrations.usable_schema_version(conn, path)
+        if not dry_run:
+            use_wal(conn)
         migrations.log_store_opened(
             path,
             version,

@@ -9,6 +9,7 @@ server may hold the store. TLS material and server.toml stay unless
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import structlog
 
 from portunus import durable
 from portunus.datadir import LEGACY_FILES, STATE_DB, TLS_FILES, DataDir
-from portunus.errors import NotAStateDatabase, PortunusError
+from portunus.errors import NotAStateDatabase, PortunusError, StorageIOError
 from portunus.store.lock import StoreLock
 from portunus.store.sqlitefile import has_sqlite_header
 
@@ -50,7 +51,12 @@ def plan_reset(data_dir: DataDir, scope: Iterable[str] = ("state",)) -> ResetPla
     if not data_dir.path.is_dir():
         return plan
     names = [name for part in _scopes(scope) for name in SCOPES[part]]
-    plan.targets = [data_dir.path / n for n in names if os.path.lexists(data_dir.path / n)]
+    try:
+        plan.targets = [data_dir.path / n for n in names if _exists(data_dir.path / n)]
+    except OSError as exc:
+        # Not "nothing to remove": we cannot see what is there.
+        plan.refusal = _io_error(data_dir.path, exc, "cannot look into the data dir")
+        return plan
     plan.refusal = _refusal(data_dir, plan.targets)
     return plan
 
@@ -69,9 +75,7 @@ def reset(data_dir: DataDir, scope: Iterable[str] = ("state",)) -> ResetPlan:
         plan = plan_reset(data_dir, scope)
         if plan.refusal:
             raise plan.refusal
-        for target in plan.targets:
-            durable.remove_if_present(target)
-        durable.fsync_dir(data_dir.path)
+        _remove(data_dir, plan.targets)
     log.info(
         "reset.completed",
         msg="state removed",
@@ -79,6 +83,27 @@ def reset(data_dir: DataDir, scope: Iterable[str] = ("state",)) -> ResetPlan:
         removed=len(plan.targets),
     )
     return plan
+
+
+def _remove(data_dir: DataDir, targets: list[Path]) -> None:
+    removed = 0
+    try:
+        for target in targets:
+            durable.remove_if_present(target)
+            removed += 1
+        durable.fsync_dir(data_dir.path)
+    except OSError as exc:
+        failed = Path(exc.filename or data_dir.path)
+        raise _io_error(failed, exc, "cannot remove", removed) from exc
+
+
+def _exists(path: Path) -> bool:
+    """lexists, except that a path we may not look at is an error, not absent."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _scopes(scope: Iterable[str]) -> list[str]:
@@ -97,7 +122,18 @@ def _refusal(data_dir: DataDir, targets: list[Path]) -> PortunusError | None:
                 path=str(target),
             )
     state_db = data_dir.state_db
-    if state_db in targets and not _has_header(state_db):
+    if not targets:
+        return None
+    if not os.access(data_dir.path, os.W_OK | os.X_OK, effective_ids=True):
+        # Checked up front so a data dir we cannot change loses nothing, not
+        # the first file or two before the first unlink fails.
+        error = OSError(errno.EACCES, "not writable (permissions or a read-only filesystem)")
+        return _io_error(data_dir.path, error, "cannot remove files from")
+    try:
+        has_header = state_db not in targets or has_sqlite_header(state_db)
+    except OSError as exc:
+        return _io_error(state_db, exc, "cannot read")
+    if not has_header:
         return NotAStateDatabase(
             f"{state_db} does not start with the SQLite header; refusing to remove anything",
             event="reset.not_sqlite",
@@ -107,8 +143,13 @@ def _refusal(data_dir: DataDir, targets: list[Path]) -> PortunusError | None:
     return None
 
 
-def _has_header(path: Path) -> bool:
-    try:
-        return has_sqlite_header(path)
-    except OSError:
-        return False
+def _io_error(path: Path, exc: OSError, doing: str, removed: int = 0) -> StorageIOError:
+    outcome = f"{removed} file(s) removed before it" if removed else "nothing was removed"
+    return StorageIOError(
+        f"{doing} {path}: {exc.strerror or exc}; {outcome}",
+        event="reset.io_error",
+        hint="run reset as the data dir's owner (the server's user), on a writable "
+        "filesystem, then run it again",
+        path=str(path),
+        removed=removed,
+    )

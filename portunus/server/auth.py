@@ -25,6 +25,7 @@ from portunus.server.model.principal import Principal
 log = structlog.get_logger()
 
 ADMIN, VIEWER, CLIENT = "admin", "viewer", "client"
+OPERATOR = "operator"  # a Principal's kind; CLIENT is the other
 TOUCH_EVERY_SECS = 60.0
 CACHE_LIMIT = 10_000
 
@@ -65,11 +66,12 @@ def requires(role: str) -> Callable:
     def decorate(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         @functools.wraps(handler)
         async def guarded(request: Request, *args: Any, **kwargs: Any) -> Any:
-            principal = await authenticate(request, CLIENT if role == CLIENT else "operator")
+            principal = await authenticate(request, CLIENT if role == CLIENT else OPERATOR)
             if role == ADMIN and principal.role != ADMIN:
                 log.warning(
                     "auth.forbidden",
                     msg="a viewer token tried an admin-only request",
+                    reason="viewer_token",
                     name=principal.name,
                     method=request.method,
                     path=request.path,
@@ -84,23 +86,61 @@ def requires(role: str) -> Callable:
 
 
 async def authenticate(request: Request, kind: str) -> Principal:
+    """The caller of an endpoint for ``kind`` ("operator" or "client"): 401
+    for no or an unknown token, 403 for a known token of the other kind."""
     token = _bearer(request)
-    prefix = CLIENT_TOKEN_PREFIX if kind == CLIENT else OPERATOR_TOKEN_PREFIX
-    if not token.startswith(prefix):
-        _fail(request, "unknown_token")
     app_ctx = request.app.ctx
+    principal = _principal(app_ctx, token)
+    if principal is None:
+        _fail(request, "unknown_token")
+    if principal.kind != kind:
+        _wrong_kind(request, principal, kind)
+    if principal.kind == "operator" and app_ctx.tokens.due_for_touch(principal):
+        _touch_in_background(app_ctx.store, principal.id)
+    return principal
+
+
+# The token's prefix says which table may know it.
+_LOOKUP_BY_PREFIX = (
+    (OPERATOR_TOKEN_PREFIX, tokens.principal_for),
+    (CLIENT_TOKEN_PREFIX, clients.principal_for),
+)
+
+
+def _principal(app_ctx: Any, token: str) -> Principal | None:
+    lookup = next((fn for prefix, fn in _LOOKUP_BY_PREFIX if token.startswith(prefix)), None)
+    if lookup is None:
+        return None
     cache: TokenCache = app_ctx.tokens
     token_hash = hash_token(token)
     principal = cache.get(token_hash)
     if principal is None:
-        lookup = clients.principal_for if kind == CLIENT else tokens.principal_for
         principal = app_ctx.store.lookup(lookup, token_hash)
-        if principal is None:
-            _fail(request, "unknown_token")
-        cache.put(token_hash, principal)
-    if principal.kind == "operator" and cache.due_for_touch(principal):
-        _touch_in_background(app_ctx.store, principal.id)
+        if principal is not None:
+            cache.put(token_hash, principal)
     return principal
+
+
+def _wrong_kind(request: Request, principal: Principal, needed: str) -> NoReturn:
+    log.warning(
+        "auth.forbidden",
+        msg=f"a {principal.kind} token on an endpoint that needs a {needed} token",
+        reason="wrong_token_kind",
+        given=principal.kind,
+        needed=needed,
+        name=principal.name,
+        method=request.method,
+        path=request.path,
+        peer=request.ip,
+    )
+    raise Forbidden(
+        f"this endpoint needs {_a(needed)} token; yours is {_a(principal.kind)} token",
+        hint="client tokens only poll /v1/client/rules; operator tokens use every other endpoint",
+    )
+
+
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
 
 
 def _bearer(request: Request) -> str:

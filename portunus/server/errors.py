@@ -18,6 +18,7 @@ from sanic.request import Request
 from sanic.response import HTTPResponse
 
 from portunus.errors import PortunusError
+from portunus.store.connection import CORRUPTION
 
 log = structlog.get_logger()
 
@@ -27,7 +28,10 @@ STORE_FAILURES = (apsw.FullError, apsw.IOError, apsw.ReadOnlyError, apsw.CantOpe
 
 # Core errors reaching the API (through the backup endpoint, the store): a
 # missing or full backup dir is the server's problem to fix, not a bug (503).
-STATUS_BY_EXIT_CODE = {2: 400, 5: 404, 6: 409, 74: 503, 75: 503, 78: 503}
+STATUS_BY_EXIT_CODE = {2: 400, 5: 404, 6: 409, 7: 503, 74: 503, 75: 503, 78: 503}
+
+# Core errors that mean the live store itself is damaged.
+DAMAGE_EVENTS = ("api.store_corrupt", "backup.source_corrupt")
 
 
 class ApiError(PortunusError):
@@ -101,6 +105,14 @@ class PayloadTooLarge(ApiError):
     default_event = "api.payload_too_large"
 
 
+class RequestTimedOut(ApiError):
+    """The request (its headers, or the body its Content-Length announced)
+    did not arrive in time (408); the connection is closed after the answer."""
+
+    http_status = 408
+    default_event = "api.request_timeout"
+
+
 class ClientClosedRequest(ApiError):
     """The client hung up before the answer (499, nginx's convention): logged
     and counted, never sent. A write already handed to the writer still
@@ -117,6 +129,21 @@ class Unavailable(ApiError):
     default_event = "api.unavailable"
 
 
+class StoreDamaged(Unavailable):
+    """SQLite found state.db damaged: the store is no longer trusted (503).
+    SQLite's own words go to the log only."""
+
+    default_event = "api.store_corrupt"
+
+    def __init__(self, **fields: Any) -> None:
+        super().__init__(
+            "the server's store is damaged; it refuses writes and reports not ready",
+            hint="the operator restores state.db from a backup (docs/operations.md, "
+            "'A damaged store')",
+            **fields,
+        )
+
+
 def setup_errors(app: Sanic) -> None:
     app.error_handler.add(Exception, render_error)
     # Not an Exception (a CancelledError), so registered on its own.
@@ -127,6 +154,8 @@ def render_error(request: Request, exc: BaseException) -> HTTPResponse:
     request_log = request.app.ctx.request_log
     request_log.ensure_begun(request)  # the id in the error's log lines too
     error = as_portunus_error(exc)
+    if error.event in DAMAGE_EVENTS:
+        error = _store_damaged(request, error)
     status = http_status(error)
     request.ctx.error_event = error.event
     if status >= 500:
@@ -141,6 +170,16 @@ def render_error(request: Request, exc: BaseException) -> HTTPResponse:
     response = json(body, status=status, headers=headers)
     request_log.finish(request, response)
     return response
+
+
+def _store_damaged(request: Request, error: PortunusError) -> StoreDamaged:
+    """One answer for damage however a request met it (a read, a write, an
+    online backup); the store remembers it from then on."""
+    detail = error.fields.get("sqlite_error") or error.message
+    request.app.ctx.store.mark_damaged(detail)
+    if isinstance(error, StoreDamaged):
+        return error
+    return StoreDamaged(sqlite_error=detail, found_by=error.event)
 
 
 def _log_server_error(request: Request, error: PortunusError, exc: BaseException) -> None:
@@ -164,6 +203,8 @@ def as_portunus_error(exc: BaseException) -> PortunusError:
     speak the API's error language too."""
     if isinstance(exc, PortunusError):
         return exc
+    if isinstance(exc, CORRUPTION):
+        return StoreDamaged(sqlite_error=str(exc))
     if isinstance(exc, apsw.BusyError):
         # Only another process can hold the write lock past the busy
         # timeout: the server's writes all go through its one writer.
@@ -178,6 +219,11 @@ def as_portunus_error(exc: BaseException) -> PortunusError:
             f"the store could not be used: {exc}",
             event="api.store_unavailable",
             hint="check free space and permissions in the data dir; nothing was half-written",
+        )
+    if isinstance(exc, exceptions.RequestTimeout):
+        return RequestTimedOut(
+            "the request did not arrive in time",
+            hint="send the request line and headers without pausing",
         )
     if isinstance(exc, exceptions.RequestCancelled):
         return ClientClosedRequest("the client closed the connection before the response")

@@ -31,6 +31,7 @@ import structlog
 from portunus.datadir import DataDir
 from portunus.engine.backup import lower_thread_priority
 from portunus.server import affinity
+from portunus.server.errors import StoreDamaged
 from portunus.server.metrics import Histogram
 from portunus.store.connection import close_quietly, open_readonly, open_store
 
@@ -382,6 +383,21 @@ class ServerStore:
             1, thread_name_prefix="portunus-backup", initializer=_background_thread(unpinned)
         )
         self._started = False
+        self.damage: str | None = None  # SQLite's words, once it found state.db damaged
+
+    def mark_damaged(self, detail: str) -> None:
+        """From now on: /readyz is not ready and writes are refused (writing
+        into a damaged b-tree can spread the damage). Said once, for alerting."""
+        if self.damage is not None:
+            return
+        self.damage = detail
+        log.error(
+            "server.store_corrupt",
+            msg="SQLite found state.db damaged; writes are refused and /readyz says not ready",
+            hint="stop the server, keep a copy of state.db, restore the latest backup",
+            path=str(self.data_dir.state_db),
+            sqlite_error=detail,
+        )
 
     @property
     def is_open(self) -> bool:
@@ -402,6 +418,8 @@ class ServerStore:
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` on the writer, in one transaction."""
+        if self.damage is not None:
+            raise StoreDamaged()
         return await self.writer.submit_to_loop(asyncio.get_running_loop(), fn, *args)
 
     def lookup(self, fn: Callable[..., T], *args: Any) -> T:

@@ -16,8 +16,21 @@ BUSY_TIMEOUT_MS = 5000
 
 def open_store(path: Path) -> apsw.Connection:
     """Read-write connection to the live store: WAL, synchronous=NORMAL."""
+    return use_wal(open_as_found(path))
+
+
+def open_as_found(path: Path) -> apsw.Connection:
+    """Read-write connection that has not changed the file yet: its journal
+    mode is as found. Checks made through it before :func:`use_wal` write
+    nothing, so a store they refuse is left exactly as it was."""
     conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
     _apply_common(conn)
+    return conn
+
+
+def use_wal(conn: apsw.Connection) -> apsw.Connection:
+    """The live store's journal: WAL, synchronous=NORMAL (a write to the
+    header of a file found in rollback mode)."""
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     return conn
@@ -76,6 +89,9 @@ def close_quietly(conn: apsw.Connection | None) -> None:
     if conn is not None:
         conn.close()
 
+
+# SQLite found the file damaged (or no database at all) while reading it.
+CORRUPTION = (apsw.CorruptError, apsw.NotADBError)
 
 # What an operator should read for SQLite's storage errors: once SQLite has
 # rolled back, the message an apsw error carries can be as unhelpful as

@@ -100,6 +100,15 @@ def refuse_if_too_new(version: int, path: Path) -> None:
         )
 
 
+def usable_schema_version(conn: apsw.Connection, path: Path, *, allow_empty: bool = False) -> int:
+    """The store's schema version, after the read-only refusals (7 not a
+    Portunus store, 78 too new). Reads only: run it before the first write
+    PRAGMA, and a refused file is left exactly as it was."""
+    version = stored_schema_version(conn, path, allow_empty=allow_empty)
+    refuse_if_too_new(version, path)
+    return version
+
+
 def handshake(conn: apsw.Connection, path: Path, *, allow_empty: bool = False) -> Handshake:
     """Check the schema and migrate it forward; emits the startup.* events.
 
@@ -108,8 +117,7 @@ def handshake(conn: apsw.Connection, path: Path, *, allow_empty: bool = False) -
     """
     conn.execute("BEGIN IMMEDIATE")
     try:
-        before = stored_schema_version(conn, path, allow_empty=allow_empty)
-        refuse_if_too_new(before, path)
+        before = usable_schema_version(conn, path, allow_empty=allow_empty)
         _apply_pending(conn, before, path)
     except BaseException:
         if conn.in_transaction:

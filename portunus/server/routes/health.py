@@ -1,5 +1,5 @@
-"""``/healthz`` (the process answers) and ``/readyz`` (the store is open
-and its schema is this binary's)."""
+"""``/healthz`` (the process answers) and ``/readyz`` (the store is open,
+not found damaged, and its schema is this binary's)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from sanic import Blueprint, json
 from sanic.request import Request
 from sanic.response import HTTPResponse
 
-from portunus.server.errors import Unavailable
+from portunus.server.errors import StoreDamaged, Unavailable
 from portunus.store.migrations import binary_schema_version
 
 bp = Blueprint("health")
@@ -26,6 +26,8 @@ async def readyz(request: Request) -> HTTPResponse:
     store = request.app.ctx.store
     if not store.is_open:
         raise Unavailable("the store is not open")
+    if store.damage is not None:
+        raise StoreDamaged()
     version = await store.read(_schema_version)
     if version != binary_schema_version():
         raise Unavailable(

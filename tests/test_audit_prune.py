@@ -167,9 +167,14 @@ def test_cli_takes_a_bare_date_and_offsets(cli, store):
     ],
 )
 def test_cli_refuses_an_unusable_cutoff_with_exit_2(cli, store, before):
-    """No zone, not a time, or in the future (would wipe the log)."""
+    """No zone, not a time, or in the future (would wipe the log): 2, and
+    every row stays, the oldest (2015) and the newest included."""
+    add_audit_rows(store, [4000.0, 400.0, 1.0])
+    before_rows = audit_rows(store)
     run = cli("--data-dir", str(store.path), "audit", "prune", "--before", before)
     assert run.code == 2
+    assert audit_rows(store) == before_rows
+    assert run.event_names == ["cli.usage_error"], run.err
 
 
 def test_cli_on_an_empty_data_dir_is_exit_5(cli, tmp_path):

@@ -316,10 +316,16 @@ def test_a_damaged_config_is_refused_78_before_the_data_dir_is_touched(cli, tmp_
 
 
 def test_the_store_is_closed_after_a_refusal(store, cli, tmp_path):
-    """A refused start (here: bad key permissions) leaves no WAL behind."""
+    """A refused start (here: bad key permissions, checked after the store
+    was opened) exits 78 and leaves no WAL behind, and the lock free."""
     generate_self_signed(store.path / "server.crt", store.path / "server.key", ())
     (store.path / "server.key").chmod(0o644)
-    serve_cli(cli, store.path, write_config(tmp_path / "s.toml", free_port()))
+    run = serve_cli(cli, store.path, write_config(tmp_path / "s.toml", free_port()))
+    assert run.code == 78, run.err
+    names = run.event_names
+    assert names.index("startup.store_opened") < names.index("startup.tls_key_permissions")
+    assert names[-1] == "startup.tls_key_permissions", names
+    assert probe_holder(store.lock) is None
     wal = store.wal
     assert not wal.exists() or wal.stat().st_size == 0
     conn = apsw.Connection(str(store.state_db))

@@ -26,6 +26,7 @@ from portunus.datadir import DataDir
 from portunus.engine.backup import backup
 from portunus.store.connection import open_store
 from tests import support
+from tests.serving import free_port, write_config
 
 
 @contextlib.contextmanager
@@ -245,3 +246,91 @@ def test_an_unexpected_exception_is_exit_1_with_internal_error_and_its_traceback
     assert "Traceback" in bug["exception"] and "home directory" in bug["exception"]
     assert [line for line in run.err.splitlines() if not line.startswith("{")] == []
     assert os.listdir(public_dir) == []
+
+
+# --- warnings and refusals the other tests do not reach ---------------------------
+
+
+def test_serve_refuses_a_state_db_that_is_not_sqlite_with_7(cli, tmp_path):
+    """A file of another kind under the name state.db: 7 before any write,
+    the file as it was, no TLS material generated."""
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    (data / "state.db").write_text("notes, not a database\n")
+    config = write_config(tmp_path / "s.toml", free_port())
+    run = cli("--data-dir", str(data), "--config", str(config), "serve", timeout=60)
+    if run.has_event("startup.unsupported_filesystem"):
+        pytest.skip("serve refuses this filesystem before it looks at state.db")
+    failed = refusal(run, "startup.not_sqlite", 7)
+    assert failed["path"] == str(data / "state.db")
+    assert (data / "state.db").read_text() == "notes, not a database\n"
+    assert not (data / "server.crt").exists()
+
+
+def test_a_wal_left_without_its_database_is_removed_before_a_new_store(cli, data_dir):
+    """A -wal and -shm with no state.db (the database deleted by hand) would
+    be replayed into the new store: removed first, with a warning."""
+    data_dir.path.mkdir(mode=0o700)
+    data_dir.wal.write_bytes(b"stale frames")
+    data_dir.shm.write_bytes(b"stale index")
+    run = cli("--data-dir", str(data_dir.path), "bootstrap-admin", "--name", "ops")
+    assert run.code == 0, run.err
+    removed = [e for e in run.events if e["event"] == "startup.orphan_wal_removed"]
+    assert removed and removed[0]["level"] == "warning", run.err
+    assert support.table_counts(data_dir.state_db)["operator_tokens"] == 1
+
+
+def test_a_metrics_textfile_that_cannot_be_written_warns_and_prune_succeeds(cli, store, tmp_path):
+    """Monitoring trouble never fails the job: metrics.write_failed, exit 0."""
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    backup(store, backups / "portunus-state-2026-01-01T02:00:00Z.db")
+    textfile = tmp_path / "no-such-dir" / "portunus.prom"
+    config = tmp_path / "server.toml"
+    config.write_text(
+        f'[backup]\ndir = "{backups}"\nmetrics_textfile = "{textfile}"\n'
+        "[retention]\nkeep_last = 1\n"
+    )
+    run = cli("--config", str(config), "prune")
+    assert run.code == 0, run.err
+    warned = [e for e in run.events if e["event"] == "metrics.write_failed"]
+    assert warned and warned[0]["path"] == str(textfile), run.err
+    assert not textfile.parent.exists()
+
+
+def test_a_backup_checkpoints_the_source_wal_or_says_at_debug_why_not(cli, store, tmp_path):
+    """After the copy the backup folds the live WAL in (debug:
+    backup.source_checkpointed); on a store it may not write (immutable
+    here), it says so (backup.source_checkpoint_skipped) and still succeeds,
+    the WAL's rows included."""
+    (store.path / "server.toml").write_text('log_level = "debug"\n')
+    first = cli("--data-dir", str(store.path), "backup", "--out", str(tmp_path / "a.db"))
+    assert first.code == 0, first.err
+    assert first.has_event("backup.source_checkpointed"), first.err
+
+    writer = open_store(store.state_db)
+    try:
+        writer.execute("PRAGMA wal_autocheckpoint=0")
+        support.add_client_with_rules(writer, "only-in-the-wal", 0)
+        with immutable(store.state_db):
+            run = cli("--data-dir", str(store.path), "backup", "--out", str(tmp_path / "b.db"))
+    finally:
+        writer.close()
+    assert run.code == 0, run.err
+    assert run.has_event("backup.source_checkpoint_skipped"), run.err
+    assert not run.has_event("backup.source_checkpointed"), run.err
+    assert support.table_counts(tmp_path / "b.db")["clients"] == 4
+
+
+def test_restore_force_over_a_state_it_cannot_read_warns_and_replaces_it(cli, store, tmp_path):
+    """--force over a state.db with a SQLite header and nothing readable
+    behind it: restore.previous_state_unreadable, then the backup is in."""
+    made = backup(store, tmp_path / "b.db")
+    target = DataDir(tmp_path / "target")
+    target.path.mkdir(mode=0o700)
+    target.state_db.write_bytes(b"SQLite format 3\x00" + bytes(4080))
+    run = cli("--data-dir", str(target.path), "restore", "--in", str(made.path), "--force")
+    assert run.code == 0, run.err
+    warned = [e for e in run.events if e["event"] == "restore.previous_state_unreadable"]
+    assert warned and warned[0]["path"] == str(target.state_db), run.err
+    assert support.table_counts(target.state_db) == support.table_counts(made.path)

@@ -35,15 +35,15 @@ def sources_of_the_tests() -> dict[Path, str]:
 
 def produced(event: str, text: str) -> bool:
     """``event`` is named in ``text`` somewhere other than as an absence."""
-    quoted = f'"{event}"'
-    start = text.find(quoted)
-    while start != -1:
-        end = start + len(quoted)
-        if not _ABSENT_AFTER.match(text, end) and not _ABSENT_BEFORE.search(
-            text, max(0, start - 40), start
-        ):
-            return True
-        start = text.find(quoted, end)
+    for quoted in (f'"{event}"', f"'{event}'"):
+        start = text.find(quoted)
+        while start != -1:
+            end = start + len(quoted)
+            if not _ABSENT_AFTER.match(text, end) and not _ABSENT_BEFORE.search(
+                text, max(0, start - 40), start
+            ):
+                return True
+            start = text.find(quoted, end)
     return False
 
 
@@ -67,6 +67,7 @@ def test_the_scanner_tells_a_produced_event_from_an_absent_one():
     assert not produced("a.b", 'assert "a.b" not in run.event_names')
     assert not produced("a.b", 'assert not run.has_event("a.b"), run.err')
     assert produced("a.b", 'assert "a.b" not in x\nassert run.has_event("a.b")')
+    assert produced("a.b", "assert e['event'] == 'a.b'")
     assert _CODE_COMPARED.findall('assert run.code == 74\nassert e["exit_code"] == 7') == [
         "74",
         "7",

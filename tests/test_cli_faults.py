@@ -42,26 +42,28 @@ def immutable(path: Path) -> Iterator[Path]:
         subprocess.run(["chattr", "-i", str(path)], check=True)
 
 
-def unprivileged_argv(uid: int | str, gid: int | str) -> list[str]:
-    """``portunus-server`` as another user, no supplementary groups."""
+def as_user(uid: int | str, gid: int | str) -> list[str]:
+    """The prefix that runs a command as another user, no supplementary groups."""
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv(1) to run a command as another user")
-    return [
-        "setpriv",
-        f"--reuid={uid}",
-        f"--regid={gid}",
-        "--clear-groups",
-        sys.executable,
-        "-m",
-        "portunus",
-        "--log-format",
-        "json",
-    ]
+    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
 
 
 def run_as(user: tuple[int | str, int | str], *args: str, env: dict, cwd: Path) -> support.Run:
+    """``portunus-server ARGS`` as ``user``; skips when that user cannot run
+    this checkout at all (a venv or clone under a private home)."""
+    prefix = [*as_user(*user), sys.executable]
+    probe = subprocess.run(
+        [*prefix, "-c", "import os, portunus; os.listdir('.')"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"{user} cannot run this checkout here: {probe.stderr.strip()[-200:]}")
     proc = subprocess.run(
-        [*unprivileged_argv(*user), *args],
+        [*prefix, "-m", "portunus", "--log-format", "json", *args],
         capture_output=True,
         text=True,
         env=env,

@@ -129,12 +129,27 @@ def test_a_stop_while_another_process_reads_leaves_the_wal_and_says_so(served):
     assert not [e for e in server.events() if e["level"] == "error"], server.stderr()
 
 
+def immutable_stops_open_writers(directory) -> bool:
+    """Whether this kernel refuses writes through a descriptor opened before
+    the file became immutable (recent Linux kernels do)."""
+    probe = directory / "immutable-probe"
+    with open(probe, "wb") as f, immutable(probe):
+        try:
+            f.write(b"x")
+            f.flush()
+        except PermissionError:
+            return True
+    return False
+
+
 def test_a_background_checkpoint_that_fails_is_logged_at_debug_and_serving_goes_on(serve_tmp):
     """state.db cannot be written (immutable here: a failing disk in real
     life) while writes fill the WAL past the checkpoint threshold: the
     checkpointer's failure is a debug line (server.wal_checkpoint_failed),
     every write still succeeds (they go to the WAL), and once the file is
     writable again the stop folds the WAL in as usual."""
+    if not immutable_stops_open_writers(serve_tmp):
+        pytest.skip("this kernel lets open descriptors write to an immutable file")
     data = DataDir(serve_tmp / "data")
     admin = tokens.bootstrap_admin(data, "ops")
     (serve_tmp / "home").mkdir()

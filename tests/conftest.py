@@ -10,7 +10,7 @@ import structlog
 
 from portunus import log
 from portunus.datadir import DataDir
-from tests import support
+from tests import serving, support
 
 
 @pytest.fixture(autouse=True)
@@ -19,6 +19,25 @@ def _quiet_logging():
     log.configure("json", "debug", stream=io.StringIO())
     yield
     structlog.reset_defaults()
+
+
+@pytest.fixture(autouse=True)
+def _servers_stopped_after_each_test():
+    """A server a test (or its function-scoped fixtures) started is stopped
+    at teardown whatever the outcome: an assertion failing before the test's
+    own ``stop()`` leaves no server running. Module-scoped servers were
+    started before this runs (pytest sets up wider scopes first) and are
+    left to their own fixtures."""
+    before = len(serving.STARTED)
+    yield
+    serving.stop_running(serving.STARTED[before:])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_server_outlives_the_session():
+    """The last resort, should a module fixture fail before its finalizer."""
+    yield
+    serving.stop_running(serving.STARTED)
 
 
 @pytest.fixture

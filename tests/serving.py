@@ -101,11 +101,34 @@ class Server:
         raise AssertionError(f"no {event} within {timeout}s:\n{self.stderr()}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        """Send ``sig`` and wait for the exit code; a server that is still
+        running after ``timeout`` is killed (and the wait's error raised), so
+        no stop leaves one behind. Stopping a stopped server returns its code."""
         for client in self.clients:
             client.close()
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        return self.proc.wait(timeout=timeout)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+
+# Every server started here, so that a fixture finalizer can stop whatever a
+# failing test left running (tests/conftest.py).
+STARTED: list[Server] = []
+
+
+def stop_running(servers: list[Server]) -> None:
+    """Stop those of ``servers`` still running, whatever happens to the others."""
+    for server in servers:
+        if server.proc.poll() is None:
+            try:
+                server.stop()
+            except subprocess.TimeoutExpired:
+                pass  # killed by stop()
 
 
 def start_server(
@@ -135,6 +158,7 @@ def start_server(
     with open(log_path, "w") as stderr:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
     server = Server(proc, data_dir, _port_of(config), log_path)
+    STARTED.append(server)
     if wait:
         try:
             server.wait_for("server.listening")

@@ -90,19 +90,56 @@ def test_readers_are_read_only(server_store):
         server_store.readers.submit(insert_client, "sneaky").result()
 
 
+# Only a deadlock breaker: a free loop releases the held call at once.
+RELEASE_TIMEOUT_S = 10
+
+
+async def held_until_the_loop_answers(call, work):
+    """Run ``call(fn)`` where ``fn`` runs ``work(conn)`` only after the event
+    loop has run another task while ``fn`` was in flight; ``(work's result,
+    whether the loop answered)``. If ``call`` ran ``fn`` on the loop's thread
+    or made the loop wait for it, that other task could not run: ``fn``
+    gives up after RELEASE_TIMEOUT_S and reports that the loop never answered."""
+    loop = asyncio.get_running_loop()
+    in_flight = asyncio.Event()
+    released = threading.Event()
+
+    def fn(conn: apsw.Connection):
+        loop.call_soon_threadsafe(in_flight.set)
+        answered = released.wait(RELEASE_TIMEOUT_S)
+        return work(conn), answered
+
+    async def release() -> None:
+        await in_flight.wait()
+        released.set()
+
+    releaser = asyncio.ensure_future(release())
+    result = await call(fn)
+    await releaser
+    return result
+
+
 def test_async_reads_and_writes_do_not_block_the_loop(server_store):
-    """The awaitable forms used by the handlers, many at once."""
+    """The awaitable forms used by the handlers: while a write or a read is
+    in flight the loop keeps serving other tasks (here: the one that lets
+    that write or read finish), and many of them can be awaited at once."""
 
-    async def main() -> tuple[list[int], int]:
-        ids = await asyncio.gather(*(server_store.write(insert_client, f"a{n}") for n in range(20)))
-        count = await server_store.read(
-            lambda conn: conn.execute("SELECT count(*) FROM clients").fetchall()[0][0]
+    def count(conn: apsw.Connection) -> int:
+        return conn.execute("SELECT count(*) FROM clients").fetchall()[0][0]
+
+    async def main():
+        written = await held_until_the_loop_answers(
+            server_store.write, lambda conn: insert_client(conn, "held")
         )
-        return list(ids), count
+        read = await held_until_the_loop_answers(server_store.read, count)
+        ids = await asyncio.gather(*(server_store.write(insert_client, f"a{n}") for n in range(20)))
+        return written, read, list(ids), await server_store.read(count)
 
-    ids, count = asyncio.run(main())
-    assert len(set(ids)) == 20
-    assert count >= 20
+    (held_id, write_answered), (_, read_answered), ids, total = asyncio.run(main())
+    assert write_answered, "the loop was blocked while a write was in flight"
+    assert read_answered, "the loop was blocked while a read was in flight"
+    assert len({held_id, *ids}) == 21
+    assert total >= 21
 
 
 def test_close_checkpoints_and_truncates_the_wal_and_is_idempotent(server_store, store):

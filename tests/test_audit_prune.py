@@ -138,6 +138,21 @@ def test_cli_before_deletes_older_rows(cli, store):
     assert pruned["deleted"] == 2
 
 
+def test_cli_dry_run_logs_the_plan_and_deletes_nothing(cli, store):
+    """--dry-run: audit.prune_planned with the count and the oldest row, no
+    audit.pruned, every row still there."""
+    add_audit_rows(store, [800.0, 700.0, 2.0])
+    before = audit_rows(store)
+    cutoff = (NOW - timedelta(days=365)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    run = cli("--data-dir", str(store.path), "audit", "prune", "--before", cutoff, "--dry-run")
+    assert run.code == 0, run.err
+    (planned,) = [e for e in run.events if e["event"] == "audit.prune_planned"]
+    assert (planned["matched"], planned["dry_run"]) == (2, True), run.err
+    assert planned["oldest"] == to_stored_time(NOW - timedelta(days=800))
+    assert "audit.pruned" not in run.event_names
+    assert audit_rows(store) == before
+
+
 def test_cli_defaults_to_retain_days_from_the_config(cli, store):
     """Without --before: now - [audit].retain_days."""
     add_audit_rows(store, [40.0, 35.0, 20.0])
@@ -167,9 +182,14 @@ def test_cli_takes_a_bare_date_and_offsets(cli, store):
     ],
 )
 def test_cli_refuses_an_unusable_cutoff_with_exit_2(cli, store, before):
-    """No zone, not a time, or in the future (would wipe the log)."""
+    """No zone, not a time, or in the future (would wipe the log): 2, and
+    every row stays, the oldest (2015) and the newest included."""
+    add_audit_rows(store, [4000.0, 400.0, 1.0])
+    before_rows = audit_rows(store)
     run = cli("--data-dir", str(store.path), "audit", "prune", "--before", before)
     assert run.code == 2
+    assert audit_rows(store) == before_rows
+    assert run.event_names == ["cli.usage_error"], run.err
 
 
 def test_cli_on_an_empty_data_dir_is_exit_5(cli, tmp_path):

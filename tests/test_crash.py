@@ -585,29 +585,9 @@ def test_the_next_backup_sweeps_what_a_killed_one_left(
     assert artefact_digest(Path(run.out.strip())) == new_state.digest
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_backup_stopped_by_a_signal_cleans_up_and_says_so(
-    tmp_path: Path, crash_env, new_state: NewState, sig
-):
-    """systemd stopping the backup unit (SIGTERM) or Ctrl-C mid-copy: no
-    temp file left, nothing published, backup.failed reason=interrupted,
-    exit 128 + the signal."""
-    out = tmp_path / "out"
-    out.mkdir()
-    victim = backup_victim(crash_env, new_state.source, out)
-    if victim.wait_for(copying(out)) is None:
-        pytest.skip("the backup finished before it could be interrupted")
-    victim.proc.send_signal(sig)
-    _, err = victim.proc.communicate(timeout=60)
-    if victim.proc.returncode == 0:
-        pytest.skip("the backup finished before the signal arrived")
-    assert victim.proc.returncode == 128 + sig, err
-    assert os.listdir(out) == [], err
-    failed = [e for e in support.parse_events(err) if e["event"] == "backup.failed"]
-    assert [(e["reason"], e["exit_code"]) for e in failed] == [("interrupted", 128 + sig)], err
-
-
-# --- the window between a backup's sidecar and the backup itself -------------
+# Attempts at catching a backup before it publishes; each one lands there
+# unless the backup is already past its copy and checks (~0.1 s at least).
+SIGNAL_ATTEMPTS = 5
 
 
 def stopped(pid: int) -> bool:
@@ -617,6 +597,80 @@ def stopped(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state in ("T", "t")
+
+
+def stop_a_backup_mid_copy(env, source: DataDir, out: Path, sig: int) -> support.Run:
+    """A backup that receives ``sig`` while it runs and before it publishes.
+
+    The backup is frozen (SIGSTOP) once its temp file exists; if nothing is
+    published yet, ``sig`` is queued and the backup resumed, so the signal
+    reaches a backup that has not finished, whatever the machine's load. An
+    attempt frozen too late (already published) is thrown away and retried:
+    a backup that ignores the signal exits 0 every time and fails the test."""
+    for _ in range(SIGNAL_ATTEMPTS):
+        victim = backup_victim(env, source, out)
+        try:
+            signalled = signal_before_publication(victim, out, sig)
+            _, err = victim.proc.communicate(timeout=CLI_TIMEOUT_S)
+        finally:
+            if victim.proc.poll() is None:  # a failure above: never leave it frozen
+                victim.proc.kill()
+                victim.proc.wait()
+        if signalled:
+            return support.Run(victim.proc.returncode, "", err)
+        assert victim.proc.returncode == 0, err
+        for name in os.listdir(out):
+            os.unlink(out / name)
+    raise AssertionError(f"{SIGNAL_ATTEMPTS} backups all published before they could be frozen")
+
+
+def signal_before_publication(victim: Victim, out: Path, sig: int) -> bool:
+    """Freeze the backup once its temp file exists; send ``sig`` if it has
+    published nothing yet; resume it. Whether the signal was sent."""
+    assert victim.wait_for(copying(out)) is not None, "the backup ended before its copy"
+    os.kill(victim.proc.pid, signal.SIGSTOP)
+    while not stopped(victim.proc.pid):
+        time.sleep(POLL_S)
+    signalled = not [n for n in os.listdir(out) if not n.startswith(".")]
+    if signalled:
+        os.kill(victim.proc.pid, sig)
+    os.kill(victim.proc.pid, signal.SIGCONT)
+    return signalled
+
+
+def assert_stopped_cleanly(stopped: support.Run, out: Path, sig: int) -> None:
+    """No temp file left, nothing published, one backup.failed naming the signal."""
+    assert os.listdir(out) == [], stopped.err
+    failed = [e for e in stopped.events if e["event"] == "backup.failed"]
+    assert [(e["reason"], e["signal"], e["exit_code"]) for e in failed] == [
+        ("interrupted", signal.Signals(sig).name, 128 + sig)
+    ], stopped.err
+
+
+def test_a_backup_stopped_by_sigterm_cleans_up_and_exits_143(
+    tmp_path: Path, crash_env, new_state: NewState
+):
+    """systemd stopping the backup unit mid-copy: no temp file left, nothing
+    published, backup.failed reason=interrupted, exit 128 + 15."""
+    out = tmp_path / "out"
+    out.mkdir()
+    run = stop_a_backup_mid_copy(crash_env, new_state.source, out, signal.SIGTERM)
+    assert run.code == 143, run.err
+    assert_stopped_cleanly(run, out, signal.SIGTERM)
+
+
+def test_a_backup_interrupted_by_ctrl_c_cleans_up_and_exits_130(
+    tmp_path: Path, crash_env, new_state: NewState
+):
+    """Ctrl-C mid-copy: the same clean-up, exit 128 + 2."""
+    out = tmp_path / "out"
+    out.mkdir()
+    run = stop_a_backup_mid_copy(crash_env, new_state.source, out, signal.SIGINT)
+    assert run.code == 130, run.err
+    assert_stopped_cleanly(run, out, signal.SIGINT)
+
+
+# --- the window between a backup's sidecar and the backup itself -------------
 
 
 def sha256sum_check(directory: Path) -> subprocess.CompletedProcess:

@@ -87,13 +87,33 @@ def test_the_scanner_finds_events_it_should(tmp_path: Path):
     assert _strings_named_as_events(tree) == {"a.b", "c.d", "e.f"}
 
 
-@pytest.mark.parametrize("level", ["info", "error"])
-def test_runtime_events_captured_in_process_are_catalogued(level, store):
+def test_runtime_events_of_a_successful_backup_are_catalogued(store):
     """Events really emitted by an engine run are in the catalogue too."""
     from portunus.engine.backup import backup
 
     with capture_logs() as logs:
-        backup(store, store.path.parent / f"b-{level}.db")
+        backup(store, store.path.parent / "b.db")
     names = {entry["event"] for entry in logs}
     assert "backup.completed" in names
     assert names <= catalogue()
+
+
+def test_runtime_events_of_a_refused_backup_are_catalogued(store):
+    """A backup refused by the engine (its destination exists), reported the
+    way the CLI reports it (``tasks.report``, the one place an error becomes
+    a log line): the error event it logs is in the catalogue."""
+    from portunus.engine.backup import backup
+    from portunus.errors import WouldOverwrite
+    from portunus.tasks import report
+
+    taken = store.path.parent / "taken.db"
+    taken.write_bytes(b"an operator's file")
+    with capture_logs() as logs:
+        with pytest.raises(WouldOverwrite) as refused:
+            backup(store, taken)
+        report(refused.value)
+    errors = [entry for entry in logs if entry["log_level"] == "error"]
+    assert [e["event"] for e in errors] == ["backup.destination_exists"]
+    assert errors[0]["exit_code"] == 6
+    assert {entry["event"] for entry in logs} <= catalogue()
+    assert taken.read_bytes() == b"an operator's file"

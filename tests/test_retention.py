@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from portunus.durations import parse_duration
 from portunus.engine import retention
@@ -228,8 +229,10 @@ def test_a_file_that_stopped_being_sqlite_after_planning_is_skipped(tmp_path: Pa
     decided = plan(retention.scan(tmp_path).backups, Policy(keep_last=1))
     old.write_bytes(b"replaced by something else")
     report = retention.PruneReport(tmp_path, decided, (), dry_run=False)
-    retention.apply(tmp_path, decided.decisions, report)
+    with capture_logs() as logs:
+        retention.apply(tmp_path, decided.decisions, report)
     assert old.exists() and report.skipped == [old.name] and not report.removed
+    assert [(e["event"], e["path"]) for e in logs] == [("prune.skipped", str(old))]
 
 
 def test_a_symlinked_sidecar_is_not_followed_or_removed(tmp_path: Path):

@@ -333,10 +333,16 @@ def test_half_a_configured_tls_pair_is_refused_as_config_before_anything(cli, tm
 
 
 def test_the_store_is_closed_after_a_refusal(store, cli, tmp_path):
-    """A refused start (here: bad key permissions) leaves no WAL behind."""
+    """A refused start (here: bad key permissions, checked after the store
+    was opened) exits 78 and leaves no WAL behind, and the lock free."""
     generate_self_signed(store.path / "server.crt", store.path / "server.key", ())
     (store.path / "server.key").chmod(0o644)
-    serve_cli(cli, store.path, write_config(tmp_path / "s.toml", free_port()))
+    run = serve_cli(cli, store.path, write_config(tmp_path / "s.toml", free_port()))
+    assert run.code == 78, run.err
+    names = run.event_names
+    assert names.index("startup.store_opened") < names.index("startup.tls_key_permissions")
+    assert names[-1] == "startup.tls_key_permissions", names
+    assert probe_holder(store.lock) is None
     wal = store.wal
     assert not wal.exists() or wal.stat().st_size == 0
     conn = apsw.Connection(str(store.state_db))

@@ -121,7 +121,22 @@ def resolve_data_dir(
         return DataDir(_absolute(env["STATE_DIRECTORY"].split(":")[0]))
     if env.get("XDG_STATE_HOME"):
         return DataDir(_absolute(env["XDG_STATE_HOME"]) / "portunus")
-    return DataDir(Path.home() / ".local" / "state" / "portunus")
+    return DataDir(_home() / ".local" / "state" / "portunus")
+
+
+def _home() -> Path:
+    try:
+        return Path.home()
+    except RuntimeError:
+        # A uid with no passwd entry and no $HOME (a container's arbitrary
+        # user): there is no default to fall back on, and guessing one could
+        # point reset at the wrong store.
+        raise RefusedByConfiguration(
+            "no data dir given and no home directory to find the default in "
+            "(this user has no $HOME and no passwd entry)",
+            event="startup.data_dir_unresolved",
+            hint="pass --data-dir, set data_dir in server.toml, or set $STATE_DIRECTORY",
+        ) from None
 
 
 def _absolute(path: str | os.PathLike[str]) -> Path:

@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 from invoke import Collection, Exit, task
 
-from portunus import config, lazy, runtime
+from portunus import config, lazy, runtime, testpoints
 from portunus import log as log_setup
 from portunus.datadir import DataDir, resolve_data_dir
 from portunus.errors import STOP_SIGNALS, Interrupted, PortunusError, UsageError
@@ -75,6 +75,7 @@ def operator_task(
                 log_setup.configure("logfmt")
             with stop_signals_interrupt():
                 try:
+                    testpoints.reached(f"task.{body.__name__}")
                     return body(c, *args, **kwargs)
                 except PortunusError as error:
                     report(error)

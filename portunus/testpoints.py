@@ -9,6 +9,11 @@ it exactly there, in a window too short to hit by timing
 - ``backup.sidecar_published``: a backup's sidecar has its final name and
   the backup itself does not yet.
 - ``managed.pruning``: a managed backup was published; pruning starts.
+
+``PORTUNUS_TEST_FAIL_AT=<name>`` makes the point raise :class:`InjectedFault`
+instead: an exception the code does not expect, which is what exit 1
+(``internal_error``) is for. Every operator task passes the point
+``task.<name>`` (e.g. ``task.status``) before its body runs.
 """
 
 from __future__ import annotations
@@ -17,8 +22,15 @@ import os
 import signal
 
 ENV = "PORTUNUS_TEST_STOP_AT"
+FAIL_ENV = "PORTUNUS_TEST_FAIL_AT"
+
+
+class InjectedFault(RuntimeError):
+    """Raised on purpose at a test point: stands for a bug."""
 
 
 def reached(name: str) -> None:
     if os.environ.get(ENV) == name:
         os.kill(os.getpid(), signal.SIGSTOP)
+    if os.environ.get(FAIL_ENV) == name:
+        raise InjectedFault(f"fault injected at {name} ({FAIL_ENV})")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from portunus import testpoints
 from portunus.datadir import DataDir
 from portunus.engine.backup import backup
 from portunus.store.connection import open_store
@@ -230,23 +231,36 @@ def uid_without_an_account() -> int:
     pytest.skip("no free uid in 61000-61999")
 
 
-def test_an_unexpected_exception_is_exit_1_with_internal_error_and_its_traceback(public_dir):
-    """A user with no passwd entry and no $HOME (a container's arbitrary uid)
-    runs a command with no --data-dir: the default data dir cannot be worked
-    out, a case the code does not anticipate (a bug). The CLI still ends it
-    as documented: exit 1, one internal_error line with the traceback and a
-    hint to report it, nothing on stderr but events, nothing created.
-
-    Should that case ever be handled, this test needs another unexpected
-    environment, or a documented test hook that raises inside a task."""
-    uid = uid_without_an_account()
-    run = run_as((uid, uid), "status", env={"PATH": os.environ["PATH"]}, cwd=public_dir)
+def test_an_unexpected_exception_is_exit_1_with_internal_error_and_its_traceback(
+    cli, env, tmp_path
+):
+    """An exception no code path expects (injected at the task's start with
+    the test-only PORTUNUS_TEST_FAIL_AT, see portunus/testpoints.py) ends as
+    documented: exit 1, one internal_error line with the traceback and a hint
+    to report it, nothing on stderr but events, nothing created."""
+    data = tmp_path / "data"
+    run = cli(
+        "--data-dir", str(data), "status", env={**os.environ, testpoints.FAIL_ENV: "task.status"}
+    )
     assert run.code == 1, run.err
     assert run.event_names == ["internal_error"], run.err
     bug = run.events[0]
     assert "this is a bug" in bug["hint"]
-    assert "Traceback" in bug["exception"] and "home directory" in bug["exception"]
+    assert "Traceback" in bug["exception"] and "InjectedFault" in bug["exception"]
     assert [line for line in run.err.splitlines() if not line.startswith("{")] == []
+    assert not data.exists()
+
+
+def test_a_user_without_a_home_must_name_the_data_dir_78(public_dir):
+    """A uid with no passwd entry and no $HOME (a container's arbitrary uid)
+    and no --data-dir: there is no default data dir to find. 78
+    startup.data_dir_unresolved with a hint, never a traceback, nothing
+    created (this was exit 1 with a traceback)."""
+    uid = uid_without_an_account()
+    run = run_as((uid, uid), "status", env={"PATH": os.environ["PATH"]}, cwd=public_dir)
+    assert run.code == 78, run.err
+    assert run.event_names == ["startup.data_dir_unresolved"], run.err
+    assert "--data-dir" in run.events[0]["hint"]
     assert os.listdir(public_dir) == []
 
 

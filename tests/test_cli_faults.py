@@ -173,7 +173,11 @@ def test_a_backup_whose_copy_fails_its_check_is_7_and_publishes_nothing(cli, dat
     out = tmp_path / "backups"
     out.mkdir()
     run = cli("--data-dir", str(data_dir.path), "backup", "--out", str(out / "b.db"))
-    refusal(run, "backup.verify_failed", 7)
+    failed = refusal(run, "backup.verify_failed", 7)
+    # It names the live store (the copy is page for page, and the temp file
+    # is already gone), with a hint to restore rather than "use another backup".
+    assert failed["path"] == str(data_dir.state_db), failed
+    assert "restore a backup" in failed["hint"], failed
     summary = [e for e in run.events if e["event"] == "backup.failed"]
     assert [(e["reason"], e["exit_code"]) for e in summary] == [("backup.verify_failed", 7)]
     assert os.listdir(out) == []

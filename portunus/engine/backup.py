@@ -135,7 +135,7 @@ def backup(
             tmp, held = _create_temp(final.parent)
         copied = _copy(source, tmp, held, progress, on_snapshot_released=checkpoint.start)
         copy_seconds = time.monotonic() - started
-        digest, size = _verify_and_hash(tmp, verify)
+        digest, size = _verify_and_hash(tmp, verify, source)
         verify_seconds = time.monotonic() - started - copy_seconds
         final, sidecar = _publish(tmp, final, digest if checksum else None, named_here)
     except BaseException as exc:
@@ -389,7 +389,7 @@ def _step_until_done(
                 return step.page_count, restarts
 
 
-def _verify_and_hash(tmp: Path, level: str) -> tuple[str, int]:
+def _verify_and_hash(tmp: Path, level: str, source: Path) -> tuple[str, int]:
     """Integrity check, sha256 and fsync side by side: each reads or flushes
     the file once, on two cores. They run at a lower CPU priority: the
     snapshot is already released, so a slower check costs nothing, while a
@@ -398,7 +398,19 @@ def _verify_and_hash(tmp: Path, level: str) -> tuple[str, int]:
         checked = pool.submit(artefact.check_integrity, tmp, level, event="backup.verify_failed")
         hashed = pool.submit(sha256_file, tmp)
         flushed = pool.submit(durable.fsync_path, tmp)
-        checked.result()
+        try:
+            checked.result()
+        except NotAStateDatabase as found:
+            # The temp file is gone by the time this is read; what failed is
+            # a page-for-page copy of the live store, so name the store.
+            raise NotAStateDatabase(
+                f"the copy of {source} failed its check: {found.message}",
+                event="backup.verify_failed",
+                hint="the live store is probably damaged: stop the server and restore a "
+                "backup (if `verify` of a fresh backup elsewhere passes, suspect this disk); "
+                "nothing was published",
+                path=str(source),
+            ) from found
         flushed.result()
         return hashed.result()
 

@@ -6,11 +6,17 @@ failure. Recorded in docs/reliability.md.
     python -m bench.reliability [--trials N] [--seed S] [--kinds backup,restore,server]
                                 [--rows N] [--no-corpus] [--workdir DIR] [--verbose]
 
-Trial ``i`` of a run with seed ``S`` draws its kill moment from its own seed
-``S + i``: ``--kinds K --seed S+i --trials 1`` replays it (the moment is a
-fraction of the window measured on this machine, so it lands in the same
-part of the operation, not at the same microsecond). A failing trial keeps
-its directory under ``--workdir`` and names it.
+When to kill: two uninterrupted runs measure, on this machine, how long the
+command takes to start its work (the first file it writes: a backup's hidden
+temporary file, a restore's staged copy) and how long the work lasts. A
+quarter of the kills land at a uniform moment of the start-up (flags, config,
+lock, checks), the rest at a uniform moment up to 110% of the work after that
+first file appears: the copy, the checks, the fsyncs, the publication or the
+swap. The server is killed at a uniform moment up to 2 s after its first
+acknowledged write. Trial ``i`` of a run with seed ``S`` draws from its own
+seed ``S + i``: ``--kinds K --seed S+i --trials 1`` replays it (the same
+phase and offset; not the same microsecond). A failing trial keeps its
+directory under ``--workdir`` and names it.
 
 What a trial checks after the kill:
 
@@ -61,6 +67,9 @@ DEFAULT_SEED = 20261204
 DEFAULT_ROWS = 9_000  # bulk rows of ~3.9 KiB: a ~35 MiB store to back up and restore
 TIMEOUT_S = 120
 BACKUP_TEMP_PREFIX = ".portunus-backup-"
+RESTORE_STAGE_PREFIX = ".restore-"
+POLL_S = 0.0005
+EARLY_SHARE = 0.25  # kills during start-up; the rest during the work
 LOAD_THREADS = 4
 MAX_LOAD_S = 2.0  # the server is killed up to this long after its first acknowledged write
 
@@ -77,11 +86,34 @@ INSERT INTO fault_rows (pad) SELECT randomblob(3900) FROM n
 # ------------------------------------------------------------------ results
 
 
+@dataclass(frozen=True)
+class Plan:
+    """When kills of one kind land: ``early`` of them uniformly over the
+    ``startup`` seconds after the process starts, the others uniformly over
+    the ``work`` seconds after ``anchor`` first holds."""
+
+    anchor: str
+    startup: float
+    work: float
+    early: float
+
+    def draw(self, kind: str, seed: int) -> tuple[str, float]:
+        rng = random.Random(f"{kind}-{seed}")
+        if rng.random() < self.early:
+            return "start", rng.uniform(0.0, self.startup)
+        return self.anchor, rng.uniform(0.0, self.work)
+
+    def __str__(self) -> str:
+        early = f"{self.early:.0%} in {self.startup:.2f} s of start-up, " if self.early else ""
+        return f"{early}the rest in {self.work:.2f} s after {self.anchor}"
+
+
 @dataclass
 class Trial:
     kind: str
     seed: int
-    delay: float  # seconds after the start (server: after the first 201) the kill was aimed at
+    anchor: str  # "start", or the moment the kill is timed from (the Plan's anchor)
+    delay: float  # seconds after the anchor the kill was aimed at
     outcome: str = ""  # what the kill left: "absent", "published", "old", "new", "finished", ...
     problem: str = ""
     acknowledged: int = 0  # server: writes answered 201 before the kill
@@ -95,7 +127,7 @@ class Trial:
 @dataclass
 class KindResult:
     kind: str
-    window: float  # seconds over which kill moments were drawn
+    plan: Plan | None
     trials: list[Trial] = field(default_factory=list)
 
     @property
@@ -260,11 +292,28 @@ class Victim:
             text=True,
         )
 
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def wait_for(self, probe: Callable[[], bool]) -> float | None:
+        """Seconds from the start until ``probe()`` held; None if it exited first."""
+        while self.proc.poll() is None:
+            if probe():
+                return self.elapsed()
+            time.sleep(POLL_S)
+        return None
+
+    def shoot(self, anchor: str, delay: float, probe: Callable[[], bool]) -> bool:
+        """SIGKILL ``delay`` s after the start, or after ``probe`` first held;
+        False when it finished first."""
+        at = 0.0 if anchor == "start" else self.wait_for(probe)
+        return self.kill_at(float("inf") if at is None else at + delay)
+
     def kill_at(self, moment: float) -> bool:
         """SIGKILL ``moment`` s after the start; False when it finished first
         (and then it must have succeeded)."""
         try:
-            self.proc.wait(timeout=max(0.0, moment - (time.monotonic() - self.started)))
+            self.proc.wait(timeout=max(0.0, moment - self.elapsed()))
         except subprocess.TimeoutExpired:
             os.kill(self.proc.pid, signal.SIGKILL)
         _, err = self.proc.communicate(timeout=TIMEOUT_S)
@@ -278,9 +327,30 @@ class Victim:
         return time.monotonic() - self.started
 
 
-def window_of(start: Callable[[], Victim]) -> float:
-    """Kill moments are drawn over the quicker of two uninterrupted runs, plus 5%."""
-    return 1.05 * min(start().duration() for _ in range(2))
+def measure(start: Callable[[], tuple[Victim, Callable[[], bool]]], anchor: str) -> Plan:
+    """Two uninterrupted runs: when the work began (``probe`` first held) and
+    when it ended; the quicker of each, so that few kills come after the end."""
+    began, ended = [], []
+    for _ in range(2):
+        victim, probe = start()
+        at = victim.wait_for(probe)
+        ended.append(victim.duration())
+        require(at is not None, f"the run ended before {anchor}")
+        began.append(at)
+    work = min(e - b for b, e in zip(began, ended, strict=True))
+    return Plan(anchor, startup=min(began), work=1.1 * work, early=EARLY_SHARE)
+
+
+def appears(directory: Path, prefix: str) -> Callable[[], bool]:
+    """A file whose name starts with ``prefix`` exists in ``directory``."""
+
+    def probe() -> bool:
+        try:
+            return any(name.startswith(prefix) for name in os.listdir(directory))
+        except FileNotFoundError:
+            return False
+
+    return probe
 
 
 # ------------------------------------------------------------------ backup
@@ -325,14 +395,15 @@ def check_published(final: Path, digest: str, *, sidecar_required: bool = True) 
     require(artefact_digest(final) == digest, f"{final.name} differs from the source")
 
 
-def backup_trial(ctx: Context, trial: Trial, window: float) -> None:
+def backup_trial(ctx: Context, trial: Trial) -> None:
     source = ctx.fresh_old(trial.directory / "data")
     out_dir = trial.directory / "out"
     out_dir.mkdir()
     # Every other trial names a file, the rest a directory (a generated name).
     out = out_dir / "b.db" if trial.seed % 2 else out_dir
     digest = ctx.states.old_digest
-    killed = backup_victim(ctx.env, source, out).kill_at(trial.delay)
+    victim = backup_victim(ctx.env, source, out)
+    killed = victim.shoot(trial.anchor, trial.delay, appears(out_dir, BACKUP_TEMP_PREFIX))
     left = backup_left(out_dir, digest)
     require(killed or left == "published", f"finished, but left {left}")
     trial.outcome = left if killed else "finished"
@@ -347,18 +418,19 @@ def backup_trial(ctx: Context, trial: Trial, window: float) -> None:
             check_published(out_dir / name, digest)
 
 
-def backup_window(ctx: Context) -> float:
+def backup_plan(ctx: Context) -> Plan:
     root = ctx.workdir / "backup-measure"
 
-    def start() -> Victim:
+    def start() -> tuple[Victim, Callable[[], bool]]:
         shutil.rmtree(root, ignore_errors=True)
         source = ctx.fresh_old(root / "data")
         (root / "out").mkdir()
-        return backup_victim(ctx.env, source, root / "out")
+        victim = backup_victim(ctx.env, source, root / "out")
+        return victim, appears(root / "out", BACKUP_TEMP_PREFIX)
 
-    window = window_of(start)
+    plan = measure(start, "its temporary file appeared")
     shutil.rmtree(root)
-    return window
+    return plan
 
 
 # ------------------------------------------------------------------ restore
@@ -379,10 +451,11 @@ def restore_left(data_dir: Path, old: str, new: str) -> str:
     return "new" if digest == new else "old"
 
 
-def restore_trial(ctx: Context, trial: Trial, window: float) -> None:
+def restore_trial(ctx: Context, trial: Trial) -> None:
     data_dir = ctx.fresh_old(trial.directory / "data")
     states = ctx.states
-    killed = restore_victim(ctx.env, data_dir, states.new_artefact).kill_at(trial.delay)
+    victim = restore_victim(ctx.env, data_dir, states.new_artefact)
+    killed = victim.shoot(trial.anchor, trial.delay, appears(data_dir, RESTORE_STAGE_PREFIX))
     left = restore_left(data_dir, states.old_digest, states.new_digest)
     require(killed or left == "new", "finished without the new state")
     trial.outcome = left if killed else "finished"
@@ -395,17 +468,18 @@ def restore_trial(ctx: Context, trial: Trial, window: float) -> None:
     require(open_state(data_dir / "state.db") == states.new_digest, "next restore: not new")
 
 
-def restore_window(ctx: Context) -> float:
+def restore_plan(ctx: Context) -> Plan:
     data_dir = ctx.workdir / "restore-measure"
 
-    def start() -> Victim:
+    def start() -> tuple[Victim, Callable[[], bool]]:
         shutil.rmtree(data_dir, ignore_errors=True)
         ctx.fresh_old(data_dir)
-        return restore_victim(ctx.env, data_dir, ctx.states.new_artefact)
+        victim = restore_victim(ctx.env, data_dir, ctx.states.new_artefact)
+        return victim, appears(data_dir, RESTORE_STAGE_PREFIX)
 
-    window = window_of(start)
+    plan = measure(start, "its staged copy appeared")
     shutil.rmtree(data_dir)
-    return window
+    return plan
 
 
 # ------------------------------------------------------------------ server
@@ -533,19 +607,18 @@ def server_state(served: Served) -> tuple[set[str], list[str], str]:
     try:
         conn.setbusytimeout(5000)
         names = {r[0] for r in conn.execute("SELECT name FROM clients")}
-        orphans = [
+        # Set arithmetic, not a correlated query: audit_log has no index on resource.
+        audited = {
             r[0]
-            for r in conn.execute(
-                "SELECT name FROM clients c WHERE NOT EXISTS (SELECT 1 FROM audit_log a "
-                "WHERE a.action = 'client.create' AND a.resource = 'client:' || c.name)"
-            )
-        ]
+            for r in conn.execute("SELECT resource FROM audit_log WHERE action = 'client.create'")
+        }
+        orphans = sorted(n for n in names if f"client:{n}" not in audited)
         return names, orphans, integrity(conn)
     finally:
         conn.close()
 
 
-def server_trial(ctx: Context, trial: Trial, window: float) -> None:
+def server_trial(ctx: Context, trial: Trial) -> None:
     served = ctx.served
     if not served.running():  # an earlier trial failed to restart it
         served.start()
@@ -573,10 +646,10 @@ def server_trial(ctx: Context, trial: Trial, window: float) -> None:
     trial.outcome = "restarted, all present"
 
 
-def server_window(ctx: Context) -> float:
+def server_plan(ctx: Context) -> Plan:
     ctx.served = Served(ctx.workdir / "server", ctx.env)
     ctx.served.start()
-    return MAX_LOAD_S
+    return Plan("the first 201", startup=0.0, work=MAX_LOAD_S, early=0.0)
 
 
 def server_finish(ctx: Context, result: KindResult) -> None:
@@ -611,25 +684,24 @@ class Context:
 
 
 RUNNERS: dict[str, tuple[Callable, Callable]] = {
-    "backup": (backup_window, backup_trial),
-    "restore": (restore_window, restore_trial),
-    "server": (server_window, server_trial),
+    "backup": (backup_plan, backup_trial),
+    "restore": (restore_plan, restore_trial),
+    "server": (server_plan, server_trial),
 }
 
 
 def run_kind(ctx: Context, kind: str, trials: int, seed: int, log=print) -> KindResult:
     """``trials`` kills of one kind; one line per trial (seed, moment, outcome)."""
-    measure, run_trial = RUNNERS[kind]
-    window = measure(ctx) if trials else 0.0
-    result = KindResult(kind, window)
+    make_plan, run_trial = RUNNERS[kind]
+    plan = make_plan(ctx) if trials else None
+    result = KindResult(kind, plan)
     try:
         for i in range(trials):
-            trial = Trial(kind, seed + i, 0.0)
-            trial.delay = random.Random(f"{kind}-{trial.seed}").uniform(0.0, window)
+            trial = Trial(kind, seed + i, *plan.draw(kind, seed + i))
             trial.directory = ctx.workdir / f"{kind}-{trial.seed}"
             trial.directory.mkdir(parents=True)
             try:
-                run_trial(ctx, trial, window)
+                run_trial(ctx, trial)
             except TrialFailed as exc:
                 trial.problem = str(exc)
             except Exception as exc:  # a harness error is a failed trial too, never a lost one
@@ -648,7 +720,7 @@ def trial_line(trial: Trial) -> str:
     writes = f" acknowledged={trial.acknowledged}" if trial.kind == "server" else ""
     verdict = "ok" if trial.passed else f"FAILED: {trial.problem} (kept {trial.directory})"
     return (
-        f"{trial.kind} seed={trial.seed} kill_after={trial.delay:.3f}s "
+        f'{trial.kind} seed={trial.seed} kill="{trial.delay:.3f}s after {trial.anchor}" '
         f"outcome={trial.outcome or '-'}{writes} {verdict}"
     )
 
@@ -657,7 +729,7 @@ def kind_table(results: list[KindResult], seed: int) -> str:
     lines = [
         f"## kill -9 trials (seed {seed})",
         "",
-        "| kind | trials | passed | failed | kill window | what the kills left |",
+        "| kind | trials | passed | failed | when the kills landed | what the kills left |",
         "| --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in results:
@@ -667,14 +739,14 @@ def kind_table(results: list[KindResult], seed: int) -> str:
             left += f"; {sum(t.acknowledged for t in r.trials)} acknowledged writes"
         lines.append(
             f"| {r.kind} | {len(r.trials)} | {len(r.trials) - len(r.failures)} | "
-            f"{len(r.failures)} | {r.window:.2f} s | {left} |"
+            f"{len(r.failures)} | {r.plan or '-'} | {left} |"
         )
     failures = [t for r in results for t in r.failures]
     if failures:
         lines += ["", "| failed trial (replay: --kinds K --seed S --trials 1) | problem |"]
         lines += ["| --- | --- |"]
         lines += [
-            f"| {t.kind} seed {t.seed}, kill after {t.delay:.3f} s | {t.problem} |"
+            f"| {t.kind} seed {t.seed}, kill {t.delay:.3f} s after {t.anchor} | {t.problem} |"
             for t in failures
         ]
     return "\n".join(lines)

@@ -108,12 +108,33 @@ def test_kill_trials_of_each_kind_pass(campaign: reliability.Context, kind: str)
         }  # fmt: skip
 
 
+def test_a_trial_seed_replays_the_same_kill_moment():
+    """The printed seed is enough to replay a trial: the same phase, the same offset."""
+    plan = reliability.Plan("its staged copy appeared", startup=0.3, work=0.5, early=0.25)
+    draws = [plan.draw("restore", seed) for seed in range(200)]
+    assert draws == [plan.draw("restore", seed) for seed in range(200)]
+    assert {anchor for anchor, _ in draws} == {"start", "its staged copy appeared"}
+    assert all(0 <= d <= (0.3 if a == "start" else 0.5) for a, d in draws)
+
+
 def test_a_partial_file_under_a_final_name_fails_the_backup_check(tmp_path: Path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "b.db").write_bytes(b"SQLite format 3\x00" + b"\x00" * 200)
     with pytest.raises(reliability.TrialFailed, match="fails verify"):
         reliability.backup_left(out, "any digest")
+
+
+def test_a_backup_left_without_its_sidecar_for_good_fails(campaign, tmp_path: Path):
+    """A final name without its sidecar is reported by what the kill left and
+    fails the trial unless the next backup gives it one."""
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copyfile(campaign.states.new_artefact, out / "b.db")
+    digest = campaign.states.new_digest
+    assert reliability.backup_left(out, digest) == "published without sidecar"
+    with pytest.raises(reliability.TrialFailed, match="has no sidecar"):
+        reliability.check_published(out / "b.db", digest)
 
 
 def test_a_stray_file_or_a_lone_sidecar_fails_the_backup_check(tmp_path: Path):

@@ -85,16 +85,10 @@ def restore(data_dir: DataDir, source: Path, *, force: bool = False) -> RestoreR
 
 
 def _restore_locked(data_dir: DataDir, source: Path, force: bool) -> RestoreResult:
-    had_lock_file = os.path.lexists(data_dir.lock)
+    # A refusal leaves no lock file where there was none: StoreLock removes
+    # the one it created when the block ends in an exception.
     with StoreLock(data_dir.lock, "restore"):
-        try:
-            return _restore_held(data_dir, source, force)
-        except BaseException:
-            if not had_lock_file:
-                # A refusal leaves no lock file where there was none. Unlinked
-                # while still held, as reset does: the next taker makes a new one.
-                durable.remove_if_present(data_dir.lock)
-            raise
+        return _restore_held(data_dir, source, force)
 
 
 def _restore_held(data_dir: DataDir, source: Path, force: bool) -> RestoreResult:

@@ -209,8 +209,18 @@ def read_text(path: Path, *, required: bool) -> str | None:
         if required:
             raise invalid(path, [Problem(None, None, "the file does not exist")]) from None
         return None
-    except (OSError, UnicodeDecodeError) as exc:
+    except (IsADirectoryError, UnicodeDecodeError) as exc:
         raise invalid(path, [Problem(None, None, f"cannot read it: {exc}")]) from exc
+    except OSError as exc:
+        # Permissions or a failing disk: the environment, not the file's
+        # content, so an I/O error (74) like every other one.
+        raise StorageIOError(
+            f"cannot read {path}: {exc.strerror or exc}",
+            event="startup.config_unreadable",
+            hint="check the owner and mode of the file and of the directories above it "
+            "(the server's user must be able to read it)",
+            path=str(path),
+        ) from exc
 
 
 def examine(text: str) -> tuple[dict[str, Any], list[Problem]]:

@@ -139,6 +139,7 @@ def _serve_locked(settings: Settings, data_dir: DataDir) -> None:
                 hint="only behind a TLS-terminating proxy on the same host",
             )
         warn_about_legacy_files(data_dir)
+        warn_when_no_admin(conn, data_dir)
         sock = bind(listen)
         app = create_app(settings, store, url=listen.url(tls is not None))
         _hand_stop_signals_to(app)
@@ -176,6 +177,22 @@ def warn_about_legacy_files(data_dir: DataDir) -> None:
                 hint="move it out of the data dir once you no longer need it",
                 path=str(path),
             )
+
+
+def warn_when_no_admin(conn, data_dir: DataDir) -> None:
+    """A fresh store has no operator token, so the API refuses everything.
+    The first one comes from bootstrap-admin, which needs the store lock:
+    say so, with the exact command. (serve never mints or prints a token:
+    its output ends up in the journal.)"""
+    if conn.execute("SELECT 1 FROM operator_tokens WHERE role = 'admin' LIMIT 1").fetchone():
+        return
+    log.warning(
+        "startup.no_admin_token",
+        msg="no admin token exists yet: the API will refuse every request",
+        hint=f"stop the server, run 'portunus-server --data-dir {data_dir.path} "
+        "bootstrap-admin --name NAME' (it prints the first token once), start it again",
+        path=str(data_dir.state_db),
+    )
 
 
 def sweep_stale_restores(data_dir: DataDir) -> None:

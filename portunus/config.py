@@ -91,6 +91,19 @@ def _listen(value: str) -> str | None:
     return None
 
 
+def _replica_url(value: str) -> str | None:
+    # Imported here: the replication package imports this module.
+    from portunus.replication.settings import url_complaint
+
+    return url_complaint(value)
+
+
+def _endpoint(value: str) -> str | None:
+    from portunus.replication.settings import endpoint_complaint
+
+    return endpoint_complaint(value)
+
+
 KEEP = 1_000_000  # far more periods than anyone keeps; catches a typo'd huge number
 _PATH = "absolute path"
 
@@ -134,6 +147,19 @@ SCHEMA: tuple[Key, ...] = (
         "the newest", _duration, "duration > 0, e.g. 30d, 12h, 1w3d"),
     Key("reset", "scope", list, ["state"], "what reset --confirm removes (state always)",
         _scope, "array of state, tls, legacy"),
+    Key("replication", "url", str, None, "Litestream replica URL; setting it turns "
+        "continuous replication on (credentials only from the environment)", _replica_url,
+        "s3://, gs://, abs://, sftp://, file:///abs/path; no credentials"),
+    Key("replication", "endpoint", str, None, "S3-compatible endpoint (MinIO, ...)", _endpoint,
+        "http:// or https:// URL without credentials"),
+    Key("replication", "region", str, None, "S3 region"),
+    Key("replication", "force_path_style", bool, False, "S3 path-style addressing (MinIO)"),
+    Key("replication", "sync_interval", str, "1s", "how often new WAL frames are shipped",
+        _duration, "duration > 0, e.g. 1s, 10s"),
+    Key("replication", "snapshot_interval", str, "24h", "how often a full snapshot is written",
+        _duration, "duration > 0, e.g. 24h"),
+    Key("replication", "retention", str, "72h", "how far back a point-in-time restore "
+        "can reach", _duration, "duration > 0, e.g. 72h, 7d"),
     Key("audit", "retain_days", int, 365, "audit prune removes rows older than this",
         _between(1, 36500), "1-36500"),
 )  # fmt: skip

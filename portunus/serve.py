@@ -31,6 +31,7 @@ from portunus.config import Settings
 from portunus.datadir import LEGACY_FILES, DataDir, check_supported_filesystem
 from portunus.engine.restore import sweep_stale_stages
 from portunus.errors import STOP_SIGNALS, RefusedByConfiguration
+from portunus.replication.serving import start_replication
 from portunus.runtime import Runtime
 from portunus.server import ServerStore, create_app
 from portunus.store.connection import close_quietly
@@ -141,7 +142,9 @@ def _serve_locked(settings: Settings, data_dir: DataDir) -> None:
             )
         warn_about_legacy_files(data_dir)
         sock = bind(listen)
+        replicator = start_replication(settings, data_dir, store)
         app = create_app(settings, store, url=listen.url(tls is not None))
+        app.ctx.replicator = replicator
         _hand_stop_signals_to(app)
         run(app, sock, tls)
         # sanic's loop is closed and its handlers gone: the final checkpoint

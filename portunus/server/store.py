@@ -205,6 +205,9 @@ class Checkpointer:
         self.last_checkpoint: tuple[int, int] | None = None  # (WAL pages, pages backfilled)
         self.catch_ups = 0
         self._catch_up_due = False
+        # While Litestream replicates it owns checkpointing (see
+        # portunus.replication.serving): this thread and the writer stand down.
+        self.stand_down: Callable[[], bool] = lambda: False
 
     def watch(self, writer_conn: apsw.Connection) -> None:
         """Turn the writer's auto-checkpoint off and wake this thread instead."""
@@ -233,7 +236,7 @@ class Checkpointer:
     def catch_up(self, writer_conn: apsw.Connection) -> None:
         """On the writer's thread, outside any transaction: checkpoint the
         frames committed since the last complete background checkpoint."""
-        if not self._catch_up_due:
+        if not self._catch_up_due or self.stand_down():
             return
         self._catch_up_due = False
         self.catch_ups += 1
@@ -274,6 +277,8 @@ class Checkpointer:
 
     def _checkpoint(self) -> bool:
         """One PASSIVE checkpoint; whether it got every frame it could see."""
+        if self.stand_down():
+            return False
         self.attempts += 1
         try:
             busy, wal_pages, moved = self._conn.execute(
@@ -382,6 +387,9 @@ class ServerStore:
             1, thread_name_prefix="portunus-backup", initializer=_background_thread(unpinned)
         )
         self._started = False
+        # Run by close() once every write is committed, before the final
+        # checkpoint (the replicator's final sync and stop).
+        self.before_checkpoint: list[Callable[[], None]] = []
 
     @property
     def is_open(self) -> bool:
@@ -435,6 +443,8 @@ class ServerStore:
         self.checkpointer.stop()
         conn, self._conn = self._conn, None
         try:
+            for hook in self.before_checkpoint:
+                hook()
             busy, wal_pages, moved = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()[0]
             if busy:
                 log.warning(

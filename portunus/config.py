@@ -43,6 +43,7 @@ class Key:
     doc: str
     check: Check | None = None
     allowed: str = ""  # the accepted range, in words, for docs and messages
+    shown: Callable[[Any], Any] | None = None  # the value as a message may show it
 
     @property
     def dotted(self) -> str:
@@ -98,6 +99,15 @@ def _replica_url(value: str) -> str | None:
     return url_complaint(value)
 
 
+def _without_credentials(value: str) -> str:
+    from portunus.replication.settings import public_url
+
+    try:
+        return public_url(value)
+    except ValueError:
+        return "(not shown)"
+
+
 def _endpoint(value: str) -> str | None:
     from portunus.replication.settings import endpoint_complaint
 
@@ -149,10 +159,10 @@ SCHEMA: tuple[Key, ...] = (
         _scope, "array of state, tls, legacy"),
     Key("replication", "url", str, None, "Litestream replica URL; setting it turns "
         "continuous replication on (credentials only from the environment)", _replica_url,
-        "s3://, gs://, abs://, sftp://, file:///abs/path; no credentials"),
+        "s3://, gs://, abs://, sftp://, file:///abs/path; no credentials", _without_credentials),
     Key("replication", "endpoint", str, None, "S3-compatible endpoint (MinIO, ...)", _endpoint,
-        "http:// or https:// URL without credentials"),
-    Key("replication", "region", str, None, "S3 region"),
+        "http:// or https:// URL without credentials", _without_credentials),
+    Key("replication", "region", str, None, "S3 region", None, "any"),
     Key("replication", "force_path_style", bool, False, "S3 path-style addressing (MinIO)"),
     Key("replication", "sync_interval", str, "1s", "how often new WAL frames are shipped",
         _duration, "duration > 0, e.g. 1s, 10s"),
@@ -272,7 +282,8 @@ def _complaint(dotted: str, value: Any) -> str | None:
     if not isinstance(value, key.kind) or (isinstance(value, bool) and key.kind is not bool):
         return f"must be {_a(TYPE_NAMES[key.kind])}, got {_toml_type(value)} {_show(value)}"
     complaint = key.check(value) if key.check else None
-    return f"{complaint} (got {_show(value)})" if complaint else None
+    shown = key.shown(value) if key.shown else value
+    return f"{complaint} (got {_show(shown)})" if complaint else None
 
 
 def _unknown(dotted: str, value: Any) -> str:

@@ -31,7 +31,8 @@ log = structlog.get_logger()
 
 STAGE_PREFIX = ".restore-"
 _STAGE_NAME = re.compile(
-    durable.exclusive_name_pattern(STAGE_PREFIX, ".db") + "(?:-journal|-wal|-shm)?"
+    # .tmp: the file Litestream writes a restore from a replica into first.
+    durable.exclusive_name_pattern(STAGE_PREFIX, ".db") + r"(?:-journal|-wal|-shm|\.tmp)?"
 )
 
 

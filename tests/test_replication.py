@@ -1,0 +1,222 @@
+"""Replication under ``serve`` and ``restore --from-replica``, black-box:
+the real server, the real Litestream, a ``file://`` replica."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from portunus.datadir import DataDir
+from portunus.engine import tokens
+from tests import serving, support
+from tests.serving import free_port, start_server, write_config
+
+serve_tmp = serving.serve_tmp
+SYNC = "1s"
+
+
+def replicated(root: Path, replica_url: str, env: dict[str, str], **replication) -> SimpleNamespace:
+    """A served store with an admin token and [replication] url set."""
+    home = root / "home"
+    home.mkdir(exist_ok=True)
+    data = DataDir(root / "data")
+    admin = tokens.bootstrap_admin(data, "ops")
+    config = write_config(
+        root / "server.toml",
+        free_port(),
+        replication={"url": replica_url, "sync_interval": SYNC, **replication},
+    )
+    server = start_server(data.path, config, env)
+    started = server.wait_for("replication.started")
+    return SimpleNamespace(server=server, data=data, admin=admin, config=config, pid=started["pid"])
+
+
+def create_clients(server: serving.Server, admin: str, names: list[str]) -> None:
+    api = server.client(admin)
+    for name in names:
+        response = api.post("/v1/clients", json={"name": name})
+        assert response.status_code == 201, response.text
+
+
+def client_names(state_db: Path) -> set[str]:
+    import apsw
+
+    conn = apsw.Connection(str(state_db), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        return {row[0] for row in conn.execute("SELECT name FROM clients")}
+    finally:
+        conn.close()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead too: only its parent's wait() is missing.
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait_until_gone(pid: int, within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def restore_into(cli, root: Path, replica_url: str, *extra: str) -> tuple[support.Run, DataDir]:
+    fresh = DataDir(root / f"fresh-{time.monotonic_ns()}")
+    run = cli(
+        "--data-dir", str(fresh.path), "restore", "--from-replica", "--replica", replica_url, *extra
+    )  # fmt: skip
+    return run, fresh
+
+
+@pytest.fixture
+def env(home: Path) -> dict[str, str]:
+    return support.clean_env(home)
+
+
+def test_disaster_drill_kill_9_then_restore_on_a_fresh_data_dir(serve_tmp, env, cli):
+    """Writes acknowledged a few sync intervals before a kill -9 are in the
+    replica; the replicator dies with its server; the restored store serves
+    with the same admin token."""
+    replica = f"file://{serve_tmp / 'replica'}"
+    first = replicated(serve_tmp, replica, env)
+    names = [f"edge{i}" for i in range(20)]
+    create_clients(first.server, first.admin, names)
+    time.sleep(5)  # several sync intervals
+    first.server.stop(signal.SIGKILL)
+    assert wait_until_gone(first.pid), "Litestream outlived its kill -9'd server"
+
+    run, fresh = restore_into(cli, serve_tmp, replica)
+    assert run.code == 0, run.err
+    assert run.has_event("restore.replica_fetched") and run.has_event("restore.completed")
+    assert set(names) <= client_names(fresh.state_db)
+    assert not [p for p in fresh.path.iterdir() if p.name.startswith(".restore-")]
+
+    config = write_config(serve_tmp / "again.toml", free_port())
+    again = start_server(fresh.path, config, env)
+    listed = again.client(first.admin).get("/v1/clients")
+    assert listed.status_code == 200
+    assert set(names) <= {c["name"] for c in listed.json()["clients"]}
+    assert again.stop() == 0
+
+
+def test_clean_stop_ships_every_acknowledged_write(serve_tmp, env, cli):
+    """sync_interval far longer than the test: only the stop's final sync can
+    have shipped these writes."""
+    replica = f"file://{serve_tmp / 'replica'}"
+    first = replicated(serve_tmp, replica, env, sync_interval="1h")
+    first.server.wait_for("replication.snapshot_written")
+    names = [f"late{i}" for i in range(10)]
+    create_clients(first.server, first.admin, names)
+    assert first.server.stop() == 0
+    events = first.server.events()
+    (stopped,) = [e for e in events if e["event"] == "replication.stopped"]
+    assert stopped["final_sync"] is True
+    order = [e["event"] for e in events]
+    assert order.index("replication.stopped") < order.index("server.stopped")
+    assert wait_until_gone(first.pid)
+
+    run, fresh = restore_into(cli, serve_tmp, replica)
+    assert run.code == 0, run.err
+    assert set(names) <= client_names(fresh.state_db)
+
+
+def test_point_in_time_restore_between_two_batches(serve_tmp, env, cli):
+    replica = f"file://{serve_tmp / 'replica'}"
+    first = replicated(serve_tmp, replica, env)
+    create_clients(first.server, first.admin, ["before0", "before1"])
+    time.sleep(3)  # shipped, in an LTX file stamped before `between`
+    between = datetime.now(UTC).replace(microsecond=0)
+    time.sleep(2)
+    create_clients(first.server, first.admin, ["after0", "after1"])
+    assert first.server.stop() == 0
+
+    run, fresh = restore_into(cli, serve_tmp, replica, "--at", between.isoformat())
+    assert run.code == 0, run.err
+    names = client_names(fresh.state_db)
+    assert {"before0", "before1"} <= names and not names & {"after0", "after1"}
+
+    run, latest = restore_into(cli, serve_tmp, replica)
+    assert run.code == 0, run.err
+    assert {"before0", "after1"} <= client_names(latest.state_db)
+
+    run, _ = restore_into(cli, serve_tmp, replica, "--at", "2001-01-01T00:00:00Z")
+    assert run.code == 5
+    (event,) = [e for e in run.events if e["event"] == "restore.replica_point_unavailable"]
+    assert event["oldest_restorable"] in event["msg"]
+
+
+def test_an_empty_replica_is_5_and_nothing_is_created(tmp_path, cli):
+    (tmp_path / "empty").mkdir()
+    run, fresh = restore_into(cli, tmp_path, f"file://{tmp_path / 'empty'}")
+    assert run.code == 5
+    assert run.has_event("restore.replica_empty")
+    assert not fresh.state_db.exists()
+    assert not [p for p in fresh.path.iterdir() if p.name.startswith(".restore-")]
+
+
+def test_from_replica_keeps_the_ordinary_refusals(serve_tmp, env, cli):
+    """75 while a server runs, 6 over a state.db without --force: nothing changed."""
+    replica = f"file://{serve_tmp / 'replica'}"
+    first = replicated(serve_tmp, replica, env)
+    first.server.wait_for("replication.snapshot_written")
+    before = first.data.state_db.read_bytes()
+    run = cli("--data-dir", str(first.data.path), "restore", "--from-replica", "--replica", replica,
+              "--force")  # fmt: skip
+    assert run.code == 75, run.err
+    assert first.server.stop() == 0
+    other = DataDir(serve_tmp / "other")
+    tokens.bootstrap_admin(other, "someone-else")
+    kept = other.state_db.read_bytes()
+    run = cli("--data-dir", str(other.path), "restore", "--from-replica", "--replica", replica)
+    assert run.code == 6
+    assert other.state_db.read_bytes() == kept
+    run = cli("--data-dir", str(other.path), "restore", "--from-replica", "--replica", replica,
+              "--force")  # fmt: skip
+    assert run.code == 0, run.err
+    assert other.state_db.read_bytes() != kept
+    assert before  # the served store was never touched by the refused restore
+
+
+def test_a_killed_replicator_is_reported_and_restarted_while_the_api_serves(serve_tmp, env):
+    replica = f"file://{serve_tmp / 'replica'}"
+    first = replicated(serve_tmp, replica, env)
+    os.kill(first.pid, signal.SIGKILL)
+    failed = first.server.wait_for("replication.failed")
+    assert failed["level"] == "error" and failed["restart_in_secs"] > 0
+    assert first.server.client(first.admin).get("/v1/clients").status_code == 200
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        starts = [e for e in first.server.events() if e["event"] == "replication.started"]
+        if len(starts) == 2:
+            break
+        time.sleep(0.1)
+    assert len(starts) == 2, first.server.stderr()
+    assert starts[1]["pid"] != first.pid and alive(starts[1]["pid"])
+    create_clients(first.server, first.admin, ["after-restart"])
+    assert first.server.stop() == 0
+    assert wait_until_gone(starts[1]["pid"])
+
+
+def test_every_line_litestream_writes_becomes_a_replication_event(serve_tmp, env):
+    replica = f"file://{serve_tmp / 'replica'}"
+    first = replicated(serve_tmp, replica, env)
+    first.server.wait_for("replication.snapshot_written")
+    assert first.server.stop() == 0
+    lines = first.server.stderr().splitlines()
+    assert all(line.startswith("{") for line in lines), lines
+    ours = [e for e in first.server.events() if e["event"].startswith("replication.")]
+    replicating = [e for e in ours if e["event"] == "replication.replicating"]
+    assert replicating[0]["msg"] == "replicating to" and replicating[0]["level"] == "info"

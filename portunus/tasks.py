@@ -38,6 +38,7 @@ from portunus.engine import verify as verify_engine
 from portunus.errors import STOP_SIGNALS, Interrupted, PortunusError, UsageError
 from portunus.replication import restore as replication_restore
 from portunus.replication import settings as replication_settings
+from portunus.replication import status as replication_status
 from portunus.store import audit
 from portunus.store.lock import probe_holder
 
@@ -514,10 +515,32 @@ def status(c, json=False):
     found = status_engine.status(
         rt.data_dir, Path(backup_dir).expanduser() if backup_dir else None, rt.settings.source
     )
+    rep = replication_settings.from_settings(rt.settings)
+    replicated = (
+        replication_status.replication_status(rep, rt.data_dir, found.lock_holder) if rep else None
+    )
     if json:
-        _print_json(found.as_dict())
+        _print_json({**found.as_dict(), "replication": replicated and replicated.as_dict()})
     else:
         _render_status(found)
+        _render_replication(replicated)
+
+
+def _render_replication(found: replication_status.ReplicationStatus | None) -> None:
+    if found is None:
+        print(f"{'replication:':<15}off (no [replication] url)")
+        return
+    state = "up" if found.up else "DOWN"
+    print(f"{'replication:':<15}{found.url} ({state})")
+    if found.last_sync:
+        seconds = found.last_sync_age_seconds or 0
+        age = f"{seconds}s" if seconds < 120 else _human_age(seconds)
+        print(f"{'last sync:':<15}{found.last_sync} ({age} ago)")
+    if found.oldest_restorable:
+        window = f"{found.oldest_restorable} .. {found.newest_restorable}"
+        print(f"{'restorable:':<15}{window}")
+    if found.problem:
+        print(f"{'replica note:':<15}{found.problem}")
 
 
 def _render_status(found: status_engine.Status) -> None:

@@ -220,3 +220,36 @@ def test_every_line_litestream_writes_becomes_a_replication_event(serve_tmp, env
     ours = [e for e in first.server.events() if e["event"].startswith("replication.")]
     replicating = [e for e in ours if e["event"] == "replication.replicating"]
     assert replicating[0]["msg"] == "replicating to" and replicating[0]["level"] == "info"
+
+
+def test_metrics_and_status_show_the_replica_without_credentials(serve_tmp, env, cli):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    replica = f"file://{serve_tmp / 'replica'}"
+    first = replicated(serve_tmp, replica, env)
+    first.server.wait_for("replication.snapshot_written")
+    time.sleep(2)  # a sync interval or two
+    body = first.server.client().get("/metrics").text
+    samples = {s.name: s.value for f in text_string_to_metric_families(body) for s in f.samples}
+    assert samples["portunus_replication_up"] == 1
+    assert samples["portunus_replication_last_sync_timestamp_seconds"] > time.time() - 60
+    assert samples["portunus_replication_lag_seconds"] >= 0
+    assert samples["portunus_replication_failures_total"] == 0
+
+    run = cli("--data-dir", str(first.data.path), "--config", str(first.config), "status", "--json")
+    assert run.code == 0, run.err
+    import json
+
+    found = json.loads(run.out)["replication"]
+    assert found["url"] == replica and found["up"] is True
+    assert found["last_sync_age_seconds"] is not None and found["oldest_restorable"]
+    text = cli("--data-dir", str(first.data.path), "--config", str(first.config), "status")
+    assert f"{replica} (up)" in text.out
+    assert first.server.stop() == 0
+    assert not (first.data.path / "replication.json").exists()
+
+    after = cli("--data-dir", str(first.data.path), "--config", str(first.config), "status",
+                "--json")  # fmt: skip
+    found = json.loads(after.out)["replication"]
+    assert found["up"] is False and found["problem"] == "no server is replicating this store"
+    assert found["oldest_restorable"]

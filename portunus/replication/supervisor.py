@@ -14,6 +14,7 @@ directory (0700, config 0600), removed at stop; neither holds a secret.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -42,6 +43,7 @@ from portunus.replication.settings import (
 log = structlog.get_logger()
 
 SHIM = Path(__file__).with_name("shim.py")
+POINTER_NAME = "replication.json"  # in the data dir while a server replicates
 FIRST_BACKOFF_SECS = 1.0
 MAX_BACKOFF_SECS = 60.0
 HEALTHY_RUN_SECS = 60.0  # a child that ran this long resets the back-off
@@ -105,6 +107,10 @@ class Replicator:
         return self._dir / "litestream.yml"
 
     @property
+    def pointer_path(self) -> Path:
+        return self.db_path.parent / POINTER_NAME
+
+    @property
     def running(self) -> bool:
         proc = self._proc
         return proc is not None and proc.poll() is None
@@ -129,6 +135,9 @@ class Replicator:
             shutdown_sync_secs=self._drain_secs,
         )
         write_private(self.config_path, config)
+        # For `status`, another process: where to ask this server's replicator.
+        pointer = {"pid": os.getpid(), "socket": str(self.socket_path), "url": self.rep.public_url}
+        write_private(self.pointer_path, json.dumps(pointer) + "\n")
         self._child_env, changed = child_environment(self.rep, self._env)
         if changed:
             log.info("replication.ca_bundle_adjusted", msg=changed)
@@ -157,6 +166,8 @@ class Replicator:
             thread.join(5)
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.pointer_path.unlink()
         log.info(
             "replication.stopped",
             msg="replicator stopped"
@@ -270,18 +281,7 @@ class Replicator:
     # --- observing ----------------------------------------------------------
 
     def _request(self, method: str, path: str, body: dict | None, timeout: float) -> dict:
-        conn = _UnixHTTPConnection(str(self.socket_path), timeout)
-        try:
-            payload = json.dumps(body).encode() if body is not None else None
-            headers = {"Content-Type": "application/json"} if payload else {}
-            conn.request(method, path, body=payload, headers=headers)
-            response = conn.getresponse()
-            data = json.loads(response.read() or b"{}")
-            if response.status != 200:
-                raise OSError(data.get("error") or f"HTTP {response.status}")
-            return data
-        finally:
-            conn.close()
+        return control_request(self.socket_path, method, path, body, timeout)
 
     def _watch(self) -> None:
         interval = max(1.0, min(self.rep.sync_seconds, 10.0))
@@ -294,16 +294,13 @@ class Replicator:
             self.reachable = False
             return
         try:
-            listing = self._request("GET", "/list", None, 5.0)
+            state = last_sync(self.socket_path, self.db_path)
         except (OSError, ValueError, http.client.HTTPException):
             self.reachable = False
             return
-        for db in listing.get("databases", []):
-            if Path(db.get("path", "")) == self.db_path:
-                self.reachable = db.get("status") == "replicating"
-                when = db.get("last_sync_at")
-                if when:
-                    self.last_sync = _epoch(when)
+        self.reachable, when = state
+        if when is not None:
+            self.last_sync = when
 
     def _final_sync(self) -> bool:
         """Ship everything committed so far; whether Litestream confirmed it."""
@@ -325,6 +322,34 @@ class Replicator:
             return False
         self.last_sync = time.time()
         return result.get("replicated_txid", 0) >= result.get("txid", 0)
+
+
+def control_request(
+    socket_path: Path, method: str, path: str, body: dict | None, timeout: float
+) -> dict:
+    """One request to Litestream's control socket (HTTP over a Unix socket)."""
+    conn = _UnixHTTPConnection(str(socket_path), timeout)
+    try:
+        payload = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if payload else {}
+        conn.request(method, path, body=payload, headers=headers)
+        response = conn.getresponse()
+        data = json.loads(response.read() or b"{}")
+        if response.status != 200:
+            raise OSError(data.get("error") or f"HTTP {response.status}")
+        return data
+    finally:
+        conn.close()
+
+
+def last_sync(socket_path: Path, db_path: Path) -> tuple[bool, float | None]:
+    """(replicating, when it last synced) as Litestream's control socket says."""
+    listing = control_request(socket_path, "GET", "/list", None, 5.0)
+    for db in listing.get("databases", []):
+        if Path(db.get("path", "")) == db_path:
+            when = db.get("last_sync_at")
+            return db.get("status") == "replicating", _epoch(when) if when else None
+    return False, None
 
 
 def _epoch(rfc3339: str) -> float | None:

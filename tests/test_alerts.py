@@ -19,6 +19,7 @@ MUST_ALERT_ON = {
     "startup.schema_version_too_new",
     "startup.unsupported_filesystem",
     "backup.failed",
+    "replication.failed",
 }
 
 
@@ -81,3 +82,21 @@ def test_the_event_extractor_finds_matchers(tmp_path: Path):
     assert events_named('{unit="x"} | logfmt | event="backup.failed" [5m]') == {"backup.failed"}
     with pytest.raises(AssertionError):
         events_named('{unit="x"} | logfmt | event=~"backup.*"')
+
+
+def test_the_replication_rules_name_only_metrics_the_server_serves():
+    """The stale-replica alert reads what GET /metrics renders."""
+    from portunus.replication import metrics as replication_metrics
+
+    class Replicator:
+        up, failures, errors, last_sync = True, 0, 0, 1.0
+
+    served = {
+        line.split()[2]
+        for line in replication_metrics.render(Replicator())
+        if line.startswith("# TYPE")
+    }
+    exprs = " ".join(r["expr"] for r in rules("prometheus-replication-rules.yaml"))
+    used = set(re.findall(r"\bportunus_[a-z_]+", exprs))
+    assert "portunus_replication_last_sync_timestamp_seconds" in used
+    assert used <= served, used - served

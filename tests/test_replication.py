@@ -253,3 +253,59 @@ def test_metrics_and_status_show_the_replica_without_credentials(serve_tmp, env,
     found = json.loads(after.out)["replication"]
     assert found["up"] is False and found["problem"] == "no server is replicating this store"
     assert found["oldest_restorable"]
+
+
+def test_under_sustained_writes_the_replica_never_restarts_from_a_snapshot(serve_tmp, env):
+    """Litestream owns checkpointing while it runs: under a write load that
+    fills the WAL past its checkpoint threshold again and again, it only
+    ever writes its first snapshot, never one because the WAL was truncated
+    or restarted under it; the server's checkpointer stays out of its way."""
+    import threading
+
+    data = DataDir(serve_tmp / "data")
+    admin = tokens.bootstrap_admin(data, "ops")
+    config = write_config(serve_tmp / "server.toml", free_port(),
+                          replication={"url": f"file://{serve_tmp / 'replica'}"})  # fmt: skip
+    config.write_text('log_level = "debug"\n' + config.read_text())
+    server = start_server(data.path, config, env)
+    server.wait_for("replication.snapshot_written")
+    stop = threading.Event()
+    written = []
+
+    def load(worker: int) -> None:
+        api = server.client(admin)
+        n = 0
+        while not stop.is_set():
+            created = api.post("/v1/clients", json={"name": f"load-{worker}-{n}"})
+            assert created.status_code == 201, created.text
+            n += 1
+        written.append(n)
+
+    workers = [threading.Thread(target=load, args=(i,)) for i in range(4)]
+    for worker in workers:
+        worker.start()
+    deadline = time.monotonic() + 120
+    try:
+        # Enough load for Litestream to checkpoint (and restart the WAL) a
+        # few times; bounded by the deadline, not timed.
+        while time.monotonic() < deadline:
+            checkpoints = [
+                e
+                for e in server.events()
+                if (e["event"], e.get("msg")) == ("replication.log", "checkpoint")
+            ]
+            if len(checkpoints) >= 3:
+                break
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    assert len(checkpoints) >= 3, "the load never made Litestream checkpoint"
+    assert server.stop() == 0
+    events = server.events()
+    snapshots = [e for e in events if e["event"] == "replication.snapshot_written"]
+    reasons = {e.get("reason") for e in events if e.get("msg") == "sync"} - {None}
+    assert len(snapshots) == 1, snapshots
+    assert not reasons, reasons
+    assert sum(written) > 0

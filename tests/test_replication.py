@@ -104,12 +104,17 @@ def test_disaster_drill_kill_9_then_restore_on_a_fresh_data_dir(serve_tmp, env, 
     assert set(names) <= client_names(fresh.state_db)
     assert not [p for p in fresh.path.iterdir() if p.name.startswith(".restore-")]
 
-    config = write_config(serve_tmp / "again.toml", free_port())
+    # The new host goes on replicating into the same replica.
+    config = write_config(serve_tmp / "again.toml", free_port(), replication={"url": replica})
     again = start_server(fresh.path, config, env)
     listed = again.client(first.admin).get("/v1/clients")
     assert listed.status_code == 200
     assert set(names) <= {c["name"] for c in listed.json()["clients"]}
+    create_clients(again, first.admin, ["on-the-new-host"])
     assert again.stop() == 0
+    run, newest = restore_into(cli, serve_tmp, replica)
+    assert run.code == 0, run.err
+    assert {*names, "on-the-new-host"} <= client_names(newest.state_db)
 
 
 def test_clean_stop_ships_every_acknowledged_write(serve_tmp, env, cli):
@@ -309,3 +314,56 @@ def test_under_sustained_writes_the_replica_never_restarts_from_a_snapshot(serve
     assert len(snapshots) == 1, snapshots
     assert not reasons, reasons
     assert sum(written) > 0
+
+
+def replicate_once(db: Path, replica: Path) -> None:
+    """Ship ``db`` to a file replica with Litestream alone (no server)."""
+    import subprocess
+    import sys
+
+    binary = Path(sys.executable).parent / "litestream"
+    done = subprocess.run([str(binary), "replicate", "-once", str(db), f"file://{replica}"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_replica_of_something_else_is_7_and_a_newer_schema_78(tmp_path, cli):
+    import sqlite3
+
+    foreign = tmp_path / "foreign.db"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE t (x)")
+    replicate_once(foreign, tmp_path / "foreign-replica")
+    run, fresh = restore_into(cli, tmp_path, f"file://{tmp_path / 'foreign-replica'}")
+    assert run.code == 7, run.err
+    assert not fresh.state_db.exists()
+
+    newer = DataDir(tmp_path / "newer")
+    tokens.bootstrap_admin(newer, "ops")
+    with sqlite3.connect(newer.state_db) as conn:
+        conn.execute("INSERT INTO schema_migrations VALUES (999, 'future', 'x')")
+    replicate_once(newer.state_db, tmp_path / "newer-replica")
+    run, fresh = restore_into(cli, tmp_path, f"file://{tmp_path / 'newer-replica'}")
+    assert run.code == 78, run.err
+    assert run.has_event("startup.schema_version_too_new")
+    assert not fresh.state_db.exists()
+
+
+def test_a_failed_restore_from_the_replica_leaves_the_old_state(tmp_path, cli):
+    """A damaged replica, over an existing store with --force: refused,
+    the old store byte for byte as it was, no staging file left."""
+    source = DataDir(tmp_path / "source")
+    tokens.bootstrap_admin(source, "ops")
+    replicate_once(source.state_db, tmp_path / "replica")
+    for ltx in (tmp_path / "replica").rglob("*.ltx"):
+        ltx.write_bytes(ltx.read_bytes()[:100])  # truncated uploads
+    target = DataDir(tmp_path / "target")
+    tokens.bootstrap_admin(target, "someone-else")
+    kept = target.state_db.read_bytes()
+    run = cli("--data-dir", str(target.path), "restore", "--from-replica", "--replica",
+              f"file://{tmp_path / 'replica'}", "--force")  # fmt: skip
+    assert run.code == 74, run.err
+    assert run.has_event("restore.replica_failed")
+    assert target.state_db.read_bytes() == kept
+    assert not [p for p in target.path.iterdir() if p.name.startswith(".restore-")]

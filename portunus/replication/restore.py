@@ -122,7 +122,13 @@ def restore_from_replica(
             error = _last_error(done.stderr)
             if "no matching backup" in error or "timestamp does not exist" in error:
                 raise _outside(rep, at, window)
-            raise litestream._unreachable(done)
+            raise StorageIOError(
+                f"Litestream could not restore {rep.public_url}: {error}",
+                event="restore.replica_failed",
+                hint="the replica may be damaged or was cut off mid-download; retry, or restore "
+                "an earlier --at or a backup; nothing was changed",
+                url=rep.public_url,
+            )
         log.info(
             "restore.replica_fetched",
             msg="the replica was restored into a staging file; checking it",

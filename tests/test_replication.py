@@ -367,3 +367,26 @@ def test_a_failed_restore_from_the_replica_leaves_the_old_state(tmp_path, cli):
     assert run.has_event("restore.replica_failed")
     assert target.state_db.read_bytes() == kept
     assert not [p for p in target.path.iterdir() if p.name.startswith(".restore-")]
+
+
+def test_a_killed_replica_restore_s_leftovers_are_swept_and_the_old_state_kept(tmp_path, cli):
+    """What a kill -9 during the download leaves (Litestream's .tmp, the
+    staging file) goes at the next restore; the state was never touched."""
+    source = DataDir(tmp_path / "source")
+    tokens.bootstrap_admin(source, "ops")
+    replicate_once(source.state_db, tmp_path / "replica")
+    target = DataDir(tmp_path / "target")
+    tokens.bootstrap_admin(target, "someone-else")
+    kept = target.state_db.read_bytes()
+    leftovers = [
+        target.path / ".restore-0123456789ab.db.tmp",
+        target.path / ".restore-ba9876543210.db",
+    ]
+    for leftover in leftovers:
+        leftover.write_bytes(b"partial download")
+    assert target.state_db.read_bytes() == kept
+    run = cli("--data-dir", str(target.path), "restore", "--from-replica", "--replica",
+              f"file://{tmp_path / 'replica'}", "--force")  # fmt: skip
+    assert run.code == 0, run.err
+    assert not any(p.exists() for p in leftovers)
+    assert not [p for p in target.path.iterdir() if p.name.startswith(".restore-")]

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,6 +34,7 @@ from portunus.replication.settings import (
     render_config,
     write_private,
 )
+from portunus.replication.supervisor import SHIM
 from portunus.store.lock import probe_holder
 
 log = structlog.get_logger()
@@ -61,7 +63,10 @@ class _Litestream:
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def run(self, *args: str) -> subprocess.CompletedProcess:
-        argv = [litestream_binary(), args[0], "-no-expand-env", "-config", str(self.config)]
+        # Through the shim: a kill -9'd restore must not leave Litestream
+        # downloading into the data dir behind it.
+        argv = [sys.executable, "-I", str(SHIM), str(os.getpid()), litestream_binary()]
+        argv += [args[0], "-no-expand-env", "-config", str(self.config)]
         argv += [*args[1:], str(self.db_path)]
         try:
             return subprocess.run(argv, capture_output=True, text=True, env=self.env)

@@ -5,7 +5,8 @@ data dir's filesystem (78) before anything is created on it; create the
 data dir (0700); take the store lock for the whole life of the process
 (75); open and migrate the store (78 too new, 70 failed); load or generate
 the TLS pair (78 on bad permissions); warn about legacy files; bind
-``listen`` (78) and serve. SIGTERM / SIGINT: stop accepting, drain for up
+``listen`` (78); start the replicator when ``[replication] url`` is set
+(portunus.replication); serve. SIGTERM / SIGINT: stop accepting, drain for up
 to ``shutdown_drain_timeout_secs``, checkpoint and truncate the WAL,
 release the lock, ``server.stopped``.
 

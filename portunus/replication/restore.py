@@ -62,14 +62,23 @@ class _Litestream:
     def close(self) -> None:
         shutil.rmtree(self._dir, ignore_errors=True)
 
-    def run(self, *args: str) -> subprocess.CompletedProcess:
+    def run(self, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
         # Through the shim: a kill -9'd restore must not leave Litestream
         # downloading into the data dir behind it.
         argv = [sys.executable, "-I", str(SHIM), str(os.getpid()), litestream_binary()]
         argv += [args[0], "-no-expand-env", "-config", str(self.config)]
         argv += [*args[1:], str(self.db_path)]
         try:
-            return subprocess.run(argv, capture_output=True, text=True, env=self.env)
+            return subprocess.run(
+                argv, capture_output=True, text=True, env=self.env, timeout=timeout
+            )
+        except subprocess.TimeoutExpired:
+            raise StorageIOError(
+                f"the replica {self.rep.public_url} did not answer within {timeout:g}s",
+                event="restore.replica_unreachable",
+                hint="check the network and [replication] endpoint",
+                url=self.rep.public_url,
+            ) from None
         except OSError as exc:
             raise StorageIOError(
                 f"cannot run litestream: {exc.strerror or exc}",
@@ -78,8 +87,8 @@ class _Litestream:
                 url=self.rep.public_url,
             ) from exc
 
-    def window(self) -> Window | None:
-        done = self.run("ltx", "-level", "all", "-json")
+    def window(self, timeout: float | None = None) -> Window | None:
+        done = self.run("ltx", "-level", "all", "-json", timeout=timeout)
         if done.returncode != 0:
             raise self._unreachable(done)
         files = json.loads(done.stdout or "[]") or []
@@ -149,11 +158,11 @@ def restore_from_replica(
             durable.remove_if_present(staged, Path(f"{staged}.tmp"))
 
 
-def replica_window(rep: Replication, db_path: Path) -> Window | None:
+def replica_window(rep: Replication, db_path: Path, timeout: float = 30) -> Window | None:
     """The replica's restorable window (for ``status``); None when empty."""
     litestream = _Litestream(rep, db_path)
     try:
-        return litestream.window()
+        return litestream.window(timeout)
     finally:
         litestream.close()
 

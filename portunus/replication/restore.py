@@ -11,6 +11,7 @@ until the final rename.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -151,7 +152,10 @@ def restore_from_replica(
             oldest_restorable=window.oldest.isoformat(),
             path=str(staged),
         )
-        return restore_engine.restore(data_dir, staged, force=force)
+        # Litestream wrote it inside the data dir already: checked and
+        # swapped in where it is, not copied a second time.
+        result = restore_engine.restore(data_dir, staged, force=force, adopt=True)
+        return dataclasses.replace(result, source=rep.public_url)
     finally:
         litestream.close()
         if staged is not None:

@@ -348,6 +348,7 @@ def test_a_replica_of_something_else_is_7_and_a_newer_schema_78(tmp_path, cli):
     assert run.code == 78, run.err
     assert run.has_event("startup.schema_version_too_new")
     assert not fresh.state_db.exists()
+    assert not [p for p in fresh.path.iterdir() if p.name.startswith(".restore-")]
 
 
 def test_a_failed_restore_from_the_replica_leaves_the_old_state(tmp_path, cli):

@@ -3,8 +3,10 @@ credentials in the environment only, and this machine's AWS_CA_BUNDLE."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -79,6 +81,12 @@ def test_drill_against_s3_and_no_credential_in_any_output(serve_tmp, env, cli, s
     first = replicated(serve_tmp, replica, env, **extra)
     first.server.wait_for("replication.snapshot_written")
     assert first.server.wait_for("replication.ca_bundle_adjusted")
+    # The generated Litestream config: private, and no credential in it.
+    pointer = json.loads((first.data.path / "replication.json").read_text())
+    generated = Path(pointer["socket"]).parent / "litestream.yml"
+    assert stat.S_IMODE(generated.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(generated.stat().st_mode) == 0o600
+    assert SECRET_KEY not in generated.read_text() and ACCESS_KEY not in generated.read_text()
     names = [f"s3-edge{i}" for i in range(10)]
     create_clients(first.server, first.admin, names)
     time.sleep(5)

@@ -141,3 +141,19 @@ def test_litestream_itself_refuses_aws_ca_bundle(tmp_path, s3):
     )  # fmt: skip
     assert done.returncode != 0
     assert "RootCAs" in done.stderr
+
+
+def test_a_ca_bundle_litestream_cannot_use_is_one_clear_failure(serve_tmp, env, s3, tmp_path):
+    """ca_bundle in the AWS config file cannot be rewritten for Litestream:
+    replication.failed says what to change, and the API keeps serving."""
+    aws_config = tmp_path / "aws-config"
+    aws_config.write_text("[default]\nca_bundle = /etc/ssl/certs/ca-certificates.crt\n")
+    env["AWS_CONFIG_FILE"] = str(aws_config)
+    replica = f"s3://{BUCKET}/ca"
+    first = replicated(serve_tmp, replica, env, endpoint=s3, force_path_style=True)
+    failed = first.server.wait_for("replication.failed", timeout=60)
+    assert "RootCAs" in failed["reason"]
+    assert "custom CA bundle" in failed["msg"]
+    assert "ca_bundle" in failed["hint"] and "SSL_CERT_FILE" in failed["hint"]
+    assert first.server.client(first.admin).get("/v1/clients").status_code == 200
+    assert first.server.stop() == 0

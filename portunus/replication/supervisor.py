@@ -264,13 +264,15 @@ class Replicator:
 
     def _failed(self, status: int | None, reason: str, delay: float) -> None:
         hint = "the API keeps serving; the replicator is restarted after the back-off"
+        what = reason or f"status {status}"
         if "RootCAs" in reason:
             hint = _CA_HINT
+            what = "Litestream cannot use the custom CA bundle in the AWS configuration"
         elif status == -signal.SIGKILL:
             reason = reason or "killed by SIGKILL"
         log.error(
             "replication.failed",
-            msg=f"replicator exited ({reason or f'status {status}'}); restarting in {delay:g}s",
+            msg=f"replicator exited ({what}); restarting in {delay:g}s",
             hint=hint,
             url=self.rep.public_url,
             status=status,

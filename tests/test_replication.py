@@ -19,6 +19,16 @@ from tests.serving import free_port, start_server, write_config
 
 serve_tmp = serving.serve_tmp
 SYNC = "1s"
+_SERVERS: list[serving.Server] = []  # started by replicated(); killed if a test fails
+
+
+@pytest.fixture(autouse=True)
+def _no_server_left_behind():
+    yield
+    while _SERVERS:
+        server = _SERVERS.pop()
+        if server.proc.poll() is None:
+            server.stop(signal.SIGKILL)
 
 
 def replicated(root: Path, replica_url: str, env: dict[str, str], **replication) -> SimpleNamespace:
@@ -33,6 +43,7 @@ def replicated(root: Path, replica_url: str, env: dict[str, str], **replication)
         replication={"url": replica_url, "sync_interval": SYNC, **replication},
     )
     server = start_server(data.path, config, env)
+    _SERVERS.append(server)
     started = server.wait_for("replication.started")
     return SimpleNamespace(server=server, data=data, admin=admin, config=config, pid=started["pid"])
 
@@ -107,6 +118,7 @@ def test_disaster_drill_kill_9_then_restore_on_a_fresh_data_dir(serve_tmp, env, 
     # The new host goes on replicating into the same replica.
     config = write_config(serve_tmp / "again.toml", free_port(), replication={"url": replica})
     again = start_server(fresh.path, config, env)
+    _SERVERS.append(again)
     listed = again.client(first.admin).get("/v1/clients")
     assert listed.status_code == 200
     assert set(names) <= {c["name"] for c in listed.json()["clients"]}
@@ -273,6 +285,7 @@ def test_under_sustained_writes_the_replica_never_restarts_from_a_snapshot(serve
                           replication={"url": f"file://{serve_tmp / 'replica'}"})  # fmt: skip
     config.write_text('log_level = "debug"\n' + config.read_text())
     server = start_server(data.path, config, env)
+    _SERVERS.append(server)
     server.wait_for("replication.snapshot_written")
     stop = threading.Event()
     written = []

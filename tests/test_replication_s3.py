@@ -16,7 +16,13 @@ import pytest
 
 from tests import serving, support
 from tests.serving import free_port, write_config
-from tests.test_replication import client_names, create_clients, replicated, wait_until_gone
+from tests.test_replication import (  # noqa: F401 (the fixture applies here too)
+    _no_server_left_behind,
+    client_names,
+    create_clients,
+    replicated,
+    wait_until_gone,
+)
 
 serve_tmp = serving.serve_tmp
 ACCESS_KEY = "AKIAPORTUNUSTESTKEY7"

@@ -37,13 +37,32 @@ def lint(c):
         "cap": "seconds before a backup under load counts as 'did not finish' (default 60)",
         "api": "instead: the HTTPS API under wrk (writes/s, reads/s, p50/p99) beside a "
         "sanic hello-world, and writes/s during online backups (needs wrk)",
+        "replication": "instead: API writes/s with [replication] off vs on, replica staleness "
+        "at a steady 500 writes/s, restore from the replica vs litestream restore (needs wrk)",
     }
 )
-def bench(c, size_mib=None, workdir="bench/work", quick=False, repeat=None, cap=None, api=False):
+def bench(
+    c,
+    size_mib=None,
+    workdir="bench/work",
+    quick=False,
+    repeat=None,
+    cap=None,
+    api=False,
+    replication=False,
+):
     """Development: backup, restore, API, prune and cold-start benchmarks (docs/performance.md).
 
     Backup/restore side by side with cp + fsync, sqlite3 .backup and VACUUM INTO;
     --api for the HTTPS API under wrk; prints tables, keeps raw JSON lines."""
+    if replication:
+        size = f" --size-mib {size_mib}" if size_mib else ""
+        quick_flag = " --quick" if quick else ""
+        c.run(
+            f"{sys.executable} -m bench.replication_bench --workdir {workdir}{size}{quick_flag}",
+            pty=False,
+        )
+        return
     if api:
         size = f" --size-mib {size_mib}" if size_mib else ""
         quick_api = " --quick" if quick else ""

@@ -31,7 +31,8 @@ log = structlog.get_logger()
 
 STAGE_PREFIX = ".restore-"
 _STAGE_NAME = re.compile(
-    durable.exclusive_name_pattern(STAGE_PREFIX, ".db") + "(?:-journal|-wal|-shm)?"
+    # .tmp: the file Litestream writes a restore from a replica into first.
+    durable.exclusive_name_pattern(STAGE_PREFIX, ".db") + r"(?:-journal|-wal|-shm|\.tmp)?"
 )
 
 
@@ -59,13 +60,19 @@ class RestoreResult:
         }
 
 
-def restore(data_dir: DataDir, source: Path, *, force: bool = False) -> RestoreResult:
+def restore(
+    data_dir: DataDir, source: Path, *, force: bool = False, adopt: bool = False
+) -> RestoreResult:
     """Restore ``source`` into ``data_dir``. Checks, in order: input exists
     (5), SQLite header and no live -wal (7), the data dir's filesystem (78),
     no server holds the store (75), no state.db unless ``force`` (6); then
     stage, verify and migrate (7/78/70). A refusal leaves the data dir as it
     found it: what the restore created (the data dir itself, the lock file,
-    the staged copy) is removed again."""
+    the staged copy) is removed again.
+
+    ``adopt``: ``source`` is already a staging file of this data dir (a
+    replica restored by Litestream), checked and swapped in where it is
+    rather than copied first; it is removed whatever the outcome."""
     artefact.require_sqlite_file(
         source,
         op="restore",
@@ -76,7 +83,7 @@ def restore(data_dir: DataDir, source: Path, *, force: bool = False) -> RestoreR
     )
     created = data_dir.prepare_for_store()
     try:
-        result = _restore_locked(data_dir, source, force)
+        result = _restore_locked(data_dir, source, force, adopt)
     except BaseException:
         remove_created_dirs(created)
         raise
@@ -84,14 +91,14 @@ def restore(data_dir: DataDir, source: Path, *, force: bool = False) -> RestoreR
     return result
 
 
-def _restore_locked(data_dir: DataDir, source: Path, force: bool) -> RestoreResult:
+def _restore_locked(data_dir: DataDir, source: Path, force: bool, adopt: bool) -> RestoreResult:
     # A refusal leaves no lock file where there was none: StoreLock removes
     # the one it created when the block ends in an exception.
     with StoreLock(data_dir.lock, "restore"):
-        return _restore_held(data_dir, source, force)
+        return _restore_held(data_dir, source, force, adopt)
 
 
-def _restore_held(data_dir: DataDir, source: Path, force: bool) -> RestoreResult:
+def _restore_held(data_dir: DataDir, source: Path, force: bool, adopt: bool) -> RestoreResult:
     existed = os.path.lexists(data_dir.state_db)
     if existed and not force:
         raise WouldOverwrite(
@@ -102,13 +109,16 @@ def _restore_held(data_dir: DataDir, source: Path, force: bool) -> RestoreResult
         )
     sweep_stale_stages(data_dir, keep=source)
     try:
-        staged = durable.create_exclusive(data_dir.path, STAGE_PREFIX, ".db")
+        staged = source if adopt else durable.create_exclusive(data_dir.path, STAGE_PREFIX, ".db")
     except OSError as exc:
         raise _io_error(exc, source) from exc
     try:
         # Before SQLite opens it, so its -journal follows the owner too.
         give_to_directory_owner(staged)
-        result = _stage_and_check(source, staged, data_dir, existed)
+        if adopt:
+            result = _check_in_place(staged, data_dir, existed)
+        else:
+            result = _stage_and_check(source, staged, data_dir, existed)
         _swap_in(staged, data_dir)
     except BaseException as exc:
         durable.remove_if_present(*durable.sqlite_family(staged))
@@ -129,6 +139,23 @@ def _stage_and_check(source: Path, staged: Path, data_dir: DataDir, existed: boo
     return RestoreResult(
         data_dir.state_db, source, size, digest, expected is not None, before, after, existed
     )
+
+
+def _check_in_place(staged: Path, data_dir: DataDir, existed: bool) -> RestoreResult:
+    digest, size = _hash(staged)
+    before, after = _check_and_migrate(staged, staged)
+    durable.fsync_path(staged)
+    return RestoreResult(data_dir.state_db, staged, size, digest, False, before, after, existed)
+
+
+def _hash(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as src:
+        while chunk := src.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
 
 
 def _copy_hashing(source: Path, staged: Path) -> tuple[str, int]:

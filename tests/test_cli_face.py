@@ -232,7 +232,7 @@ def bash_script() -> str:
         (["backup", "--o"], ["--out"]),
         (["--data-dir", "/x", "--log-format", "json", "sta"], ["status"]),
         (["--log-format", "j"], ["json"]),
-        (["restore", "--f"], ["--force"]),
+        (["restore", "--fo"], ["--force"]),
         (["restore", "-f", "--j"], ["--json"]),  # restore's -f takes no value
         (["config", "set", "--f"], ["--file"]),
         (["completion", ""], ["bash", "zsh"]),

@@ -252,11 +252,7 @@ def restore(c, in_=None, force=False, json=False, identity=None, latest=False, d
             hint="e.g. portunus-server restore --in /var/backups/portunus/2026-05-08.db",
         )
     rt = _runtime(c)
-    identities = (
-        seal.load_identities(Path(identity).expanduser(), event="restore.decrypt_failed")
-        if identity
-        else None
-    )
+    identities = seal.load_identities(Path(identity).expanduser()) if identity else None
     if latest:
         directory = _backup_dir(rt, dir_, "restore --latest")
         result = restore_engine.restore_latest(
@@ -331,11 +327,7 @@ def _render_reset(
 def verify(c, path, json=False, identity=None):
     """Check a backup: header, checksum, integrity, schema version, row counts."""
     rt = _runtime(c)
-    identities = (
-        seal.load_identities(Path(identity).expanduser(), event="verify.decrypt_failed")
-        if identity
-        else None
-    )
+    identities = seal.load_identities(Path(identity).expanduser()) if identity else None
     # A sealed backup is decrypted inside the data dir (0700) when it exists.
     stage_in = rt.data_dir.path if rt.data_dir.path.is_dir() else None
     result = verify_engine.verify(Path(path).expanduser(), identities=identities, stage_in=stage_in)

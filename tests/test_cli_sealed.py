@@ -433,3 +433,33 @@ def test_a_killed_sealed_backup_leaves_no_plaintext_in_the_destination(
     completed = subprocess.run(argv, env=env, capture_output=True, timeout=300)
     assert completed.returncode == 0, completed.stderr
     assert_no_plaintext(dest)
+
+
+def test_identity_files_that_cannot_open_anything(cli, store, dest, keys, tmp_path):
+    sealed = sealed_backup(cli, store, dest, keys["one_recipient"])
+    target = tmp_path / "restored"
+    missing = restore_into(cli, target, sealed, tmp_path / "nope.key")
+    assert missing.code == 5 and missing.has_event("cli.identity_missing"), missing.err
+    unreadable = restore_into(cli, target, sealed, tmp_path)  # a directory
+    assert unreadable.code == 74 and unreadable.has_event("cli.identity_unreadable")
+    junk = tmp_path / "junk.key"
+    junk.write_text("# a comment\nnot a key\n")
+    bad = cli("verify", str(sealed), "--identity", str(junk))
+    assert bad.code == 2 and bad.has_event("cli.bad_identity"), bad.err
+    assert not target.exists()
+
+
+def test_a_missing_recipients_file_is_5(cli, store, dest, tmp_path):
+    run = cli(
+        "--data-dir", str(store.path), "backup", "--out", f"{dest}/",
+        "--recipients-file", str(tmp_path / "absent.txt"),
+    )  # fmt: skip
+    assert run.code == 5 and run.has_event("backup.recipients_file_missing"), run.err
+    assert list(dest.iterdir()) == []
+
+
+def test_keygen_into_a_missing_directory_is_74(cli, tmp_path):
+    run = cli("keygen", "--out", str(tmp_path / "no" / "such" / "dir.key"))
+    assert run.code == 74 and run.has_event("keygen.io_error"), run.err
+    ok = cli("keygen", "--out", str(tmp_path / "fresh.key"))
+    assert ok.code == 0 and ok.has_event("keygen.completed"), ok.err

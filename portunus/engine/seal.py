@@ -99,7 +99,7 @@ def from_settings(settings: Any) -> list[Any]:
     )
 
 
-def load_identities(path: Path, *, event: str) -> list[Any]:
+def load_identities(path: Path) -> list[Any]:
     """An age identity file (``AGE-SECRET-KEY-1…`` lines, ``#`` comments) or
     an unencrypted SSH private key (ed25519 or RSA)."""
     try:
@@ -107,14 +107,14 @@ def load_identities(path: Path, *, event: str) -> list[Any]:
     except FileNotFoundError:
         raise InputMissing(
             f"the identity file {path} does not exist",
-            event=event.replace("decrypt_failed", "identity_missing"),
+            event="cli.identity_missing",
             hint="pass --identity with the age identity (or SSH private key) kept offline",
             path=str(path),
         ) from None
     except OSError as exc:
         raise StorageIOError(
             f"cannot read the identity file {path}: {exc.strerror}",
-            event=event.replace("decrypt_failed", "io_error"),
+            event="cli.identity_unreadable",
             hint="check the file's permissions",
             path=str(path),
         ) from exc

@@ -18,11 +18,12 @@ import pytest
 
 from portunus.datadir import DataDir
 from portunus.store.connection import open_store
-from tests import support
+from tests import serving, support
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 AGE_HEADER = b"age-encryption.org/v1\n"
-MARKER = b"edge0"  # a client name make_store writes: known plaintext
+MARKER = b"edge0"
+serve_tmp = serving.serve_tmp  # a client name make_store writes: known plaintext
 
 
 @pytest.fixture
@@ -463,3 +464,42 @@ def test_keygen_into_a_missing_directory_is_74(cli, tmp_path):
     assert run.code == 74 and run.has_event("keygen.io_error"), run.err
     ok = cli("keygen", "--out", str(tmp_path / "fresh.key"))
     assert ok.code == 0 and ok.has_event("keygen.completed"), ok.err
+
+
+def test_a_bad_recipients_file_in_server_toml_is_78_naming_the_line(cli, store, dest, tmp_path):
+    recipients = tmp_path / "r.txt"
+    recipients.write_text("# team\nage1typo\n")
+    env = write_config(tmp_path, store, dest, recipients_file=str(recipients))
+    run = cli("backup", env=env)
+    assert run.code == 78 and run.has_event("backup.recipients_file_invalid"), run.err
+    assert "age1typo" in run.err
+    assert list(dest.iterdir()) == []
+
+
+@needs_age
+def test_post_admin_backup_is_sealed_by_encrypt_to(keys, serve_tmp):
+    from portunus.engine import tokens
+
+    root = serve_tmp
+    data = DataDir(root / "srv")
+    admin = tokens.bootstrap_admin(data, "ops")
+    backups = root / "api-backups"
+    backups.mkdir()
+    (root / "srvhome").mkdir()
+    env = support.clean_env(root / "srvhome")
+    config = serving.write_config(
+        root / "srv.toml",
+        serving.free_port(),
+        backup={"dir": str(backups), "encrypt_to": [keys["one_recipient"]]},
+    )
+    server = serving.start_server(data.path, config, env)
+    try:
+        with server.client(admin) as client:
+            response = client.post("/v1/admin/backup")
+        assert response.status_code == 201, response.text
+        sealed = Path(response.json()["path"])
+        assert sealed.parent == backups and sealed.name.endswith(".db.age")
+        assert_no_plaintext(backups)
+        assert age_decrypt(sealed, keys["one"]).startswith(SQLITE_HEADER)
+    finally:
+        server.stop()

@@ -21,6 +21,8 @@ from pyrage import ssh, x25519
 from portunus.errors import (
     InputMissing,
     NotAStateDatabase,
+    PortunusError,
+    RefusedByConfiguration,
     StorageIOError,
     UsageError,
     WouldOverwrite,
@@ -92,11 +94,21 @@ def recipients(
 def from_settings(settings: Any) -> list[Any]:
     """The recipients ``[backup] encrypt_to`` and ``recipients_file`` name."""
     files = settings.get("backup.recipients_file")
-    return recipients(
-        settings.get("backup.encrypt_to") or (),
-        [Path(files).expanduser()] if files else (),
-        source="[backup].encrypt_to",
-    )
+    try:
+        return recipients(
+            settings.get("backup.encrypt_to") or (),
+            [Path(files).expanduser()] if files else (),
+            source="[backup].encrypt_to",
+        )
+    except PortunusError as exc:
+        # The server's own configuration is wrong, not the caller's request:
+        # 78 (HTTP 503 from POST /v1/admin/backup), never 2 or 5.
+        raise RefusedByConfiguration(
+            f"[backup].recipients_file cannot seal a backup: {exc.message}",
+            event="backup.recipients_file_invalid",
+            hint="fix or restore the recipients file (age's format: one recipient a line)",
+            path=files,
+        ) from exc
 
 
 def load_identities(path: Path) -> list[Any]:

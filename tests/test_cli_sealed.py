@@ -5,6 +5,7 @@ restore --latest, and no plaintext byte in the destination, ever."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import signal
@@ -503,3 +504,21 @@ def test_post_admin_backup_is_sealed_by_encrypt_to(keys, serve_tmp):
         assert age_decrypt(sealed, keys["one"]).startswith(SQLITE_HEADER)
     finally:
         server.stop()
+
+
+def test_a_sealed_backup_whose_copy_fails_its_check_publishes_nothing(cli, data_dir, tmp_path):
+    """The private copy is checked beside the encryption: a failed check
+    publishes no ciphertext, and the staging copy leaves the data dir."""
+    from tests.test_cli_faults import damage_a_table_page
+
+    support.make_store(data_dir, clients=200)
+    damage_a_table_page(data_dir, "rules")
+    recipient = cli("keygen", "--out", str(tmp_path / "k")).out.strip()
+    out = tmp_path / "backups"
+    out.mkdir()
+    run = cli(
+        "--data-dir", str(data_dir.path), "backup", "--out", f"{out}/", "--recipient", recipient
+    )
+    assert run.code == 7 and run.has_event("backup.verify_failed"), run.err
+    assert os.listdir(out) == []
+    assert [p for p in os.listdir(data_dir.path) if p.startswith(".")] == []

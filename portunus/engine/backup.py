@@ -150,9 +150,10 @@ def backup(
         copied = _copy(source, copy_to, copy_held, progress, on_snapshot_released=checkpoint.start)
         copy_seconds = time.monotonic() - started
         if recipients:
-            _seal(stage, tmp, verify, source, recipients)
+            digest, size = _seal(stage, tmp, verify, source, recipients)
             durable.remove_if_present(*durable.sqlite_family(stage))
-        digest, size = _verify_and_hash(tmp, "none" if recipients else verify, source)
+        else:
+            digest, size = _verify_and_hash(tmp, verify, source)
         verify_seconds = time.monotonic() - started - copy_seconds
         final, sidecar = _publish(tmp, final, digest if checksum else None, named_here)
     except BaseException as exc:
@@ -213,13 +214,27 @@ def _checked_source(data_dir: DataDir) -> Path:
     return source
 
 
-def _seal(stage: Path, tmp: Path, level: str, source: Path, recipients: list[Any]) -> None:
-    """Check the private plaintext copy, then encrypt it into the
-    destination's temporary file: the only bytes the destination sees."""
-    _verify_and_hash(stage, level, source, flush=False)
+def _seal(
+    stage: Path, tmp: Path, level: str, source: Path, recipients: list[Any]
+) -> tuple[str, int]:
+    """Encrypt the private plaintext copy into the destination's temporary
+    file (the only bytes the destination ever sees), hashing the ciphertext
+    as it is written, while the copy is checked beside it: a failed check
+    means the ciphertext is never published. Then fsync. (sha256, size) of
+    the sealed bytes."""
+    with ThreadPoolExecutor(max_workers=2, initializer=lower_thread_priority) as pool:
+        checked = pool.submit(_check_copy, stage, level, source)
+        sealed = pool.submit(_encrypt_into, stage, tmp, recipients)
+        checked.result()
+        digest, size = sealed.result()
+    durable.fsync_path(tmp)
+    return digest, size
+
+
+def _encrypt_into(stage: Path, tmp: Path, recipients: list[Any]) -> tuple[str, int]:
     fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
     try:
-        seal.encrypt(stage, fd, recipients)
+        return seal.encrypt(stage, fd, recipients)
     finally:
         os.close(fd)
 
@@ -421,34 +436,34 @@ def _step_until_done(
                 return step.page_count, restarts
 
 
-def _verify_and_hash(tmp: Path, level: str, source: Path, *, flush: bool = True) -> tuple[str, int]:
+def _verify_and_hash(tmp: Path, level: str, source: Path) -> tuple[str, int]:
     """Integrity check, sha256 and fsync side by side: each reads or flushes
     the file once, on two cores. They run at a lower CPU priority: the
     snapshot is already released, so a slower check costs nothing, while a
     server on the same machine keeps its share of the cores."""
     with ThreadPoolExecutor(max_workers=3, initializer=lower_thread_priority) as pool:
-        checked = pool.submit(artefact.check_integrity, tmp, level, event="backup.verify_failed")
+        checked = pool.submit(_check_copy, tmp, level, source)
         hashed = pool.submit(sha256_file, tmp)
-        flushed = pool.submit(durable.fsync_path if flush else _no_flush, tmp)
-        try:
-            checked.result()
-        except NotAStateDatabase as found:
-            # The temp file is gone by the time this is read; what failed is
-            # a page-for-page copy of the live store, so name the store.
-            raise NotAStateDatabase(
-                f"the copy of {source} failed its check: {found.message}",
-                event="backup.verify_failed",
-                hint="the live store is probably damaged: stop the server and restore a "
-                "backup (if `verify` of a fresh backup elsewhere passes, suspect this disk); "
-                "nothing was published",
-                path=str(source),
-            ) from found
+        flushed = pool.submit(durable.fsync_path, tmp)
+        checked.result()
         flushed.result()
         return hashed.result()
 
 
-def _no_flush(_path: Path) -> None:
-    """A private staging copy is removed, never published: no fsync."""
+def _check_copy(copy: Path, level: str, source: Path) -> None:
+    try:
+        artefact.check_integrity(copy, level, event="backup.verify_failed")
+    except NotAStateDatabase as found:
+        # The temp file is gone by the time this is read; what failed is
+        # a page-for-page copy of the live store, so name the store.
+        raise NotAStateDatabase(
+            f"the copy of {source} failed its check: {found.message}",
+            event="backup.verify_failed",
+            hint="the live store is probably damaged: stop the server and restore a "
+            "backup (if `verify` of a fresh backup elsewhere passes, suspect this disk); "
+            "nothing was published",
+            path=str(source),
+        ) from found
 
 
 def lower_thread_priority(increment: int = BACKGROUND_NICE) -> None:

@@ -9,6 +9,7 @@ here assembles the format from primitives.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -159,12 +160,33 @@ def _bad_identity(path: Path, why: str) -> UsageError:
     )
 
 
-def encrypt(src: Path, dst_fd: int, to: list[Any]) -> None:
-    """Encrypt ``src`` to ``to`` into the open descriptor ``dst_fd``, streaming."""
+class _HashingWriter:
+    """A file's ``write`` that also hashes exactly the bytes written."""
+
+    def __init__(self, out: Any) -> None:
+        self._out = out
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self._out.write(data)
+
+    def flush(self) -> None:
+        self._out.flush()
+
+
+def encrypt(src: Path, dst_fd: int, to: list[Any]) -> tuple[str, int]:
+    """Encrypt ``src`` to ``to`` into the open descriptor ``dst_fd``,
+    streaming; (sha256, size) of the sealed bytes written."""
     with open(src, "rb", buffering=BUFFER) as plain:
         out = os.fdopen(os.dup(dst_fd), "wb", buffering=BUFFER)
         with out:
-            pyrage.encrypt_io(plain, out, to)
+            hashing = _HashingWriter(out)
+            pyrage.encrypt_io(plain, hashing, to)
+            out.flush()
+    return hashing.digest.hexdigest(), hashing.size
 
 
 def decrypt(src: Path, dst: Path, identities: list[Any], *, event: str, name: Path) -> None:

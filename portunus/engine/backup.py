@@ -146,8 +146,10 @@ def backup(
             if recipients:
                 stage, stage_held = _create_temp(data_dir.path, STAGE_PREFIX, ".db")
             tmp, held = _create_temp(final.parent)
-        copy_to, copy_held = (stage, stage_held) if recipients else (tmp, held)
-        copied = _copy(source, copy_to, copy_held, progress, on_snapshot_released=checkpoint.start)
+        # The private staging copy is never written back early: it is
+        # removed within seconds, mostly before it ever reaches the disk.
+        copy_to, writeback = (stage, None) if recipients else (tmp, held)
+        copied = _copy(source, copy_to, writeback, progress, on_snapshot_released=checkpoint.start)
         copy_seconds = time.monotonic() - started
         if recipients:
             digest, size = _seal(stage, tmp, verify, source, recipients)
@@ -350,7 +352,7 @@ def sweep_stale_temps(directory: Path, pattern: re.Pattern[str] = _TEMP_NAME) ->
 def _copy(
     source: Path,
     tmp: Path,
-    tmp_fd: int,
+    tmp_fd: int | None,
     progress: Progress | None,
     on_snapshot_released: Callable[[], None],
 ) -> _Copy:
@@ -408,7 +410,7 @@ def _open_snapshot(source: Path) -> apsw.Connection:
 
 
 def _step_until_done(
-    dst: apsw.Connection, src: apsw.Connection, dst_fd: int, progress: Progress | None
+    dst: apsw.Connection, src: apsw.Connection, dst_fd: int | None, progress: Progress | None
 ) -> tuple[int, int]:
     """Copy ``STEP_PAGES`` at a time; after each step the kernel starts
     writing them out, so the final fsync finds a small backlog instead of
@@ -429,7 +431,8 @@ def _step_until_done(
                 # benchmarks prove it.
                 restarts += 1
             copied_before = copied
-            durable.start_writeback(dst_fd)
+            if dst_fd is not None:
+                durable.start_writeback(dst_fd)
             if progress:
                 progress(copied, step.page_count)
             if done:

@@ -190,21 +190,27 @@ def encrypt(src: Path, dst_fd: int, to: list[Any]) -> tuple[str, int]:
 
 
 def decrypt(src: Path, dst: Path, identities: list[Any], *, event: str, name: Path) -> None:
-    """Decrypt ``src`` into the existing file ``dst``, streaming; 7 with
-    ``event`` for a wrong identity or a damaged file (age authenticates
-    every 64 KiB chunk and the end, so a flipped byte or a truncation is
-    caught). The caller removes ``dst`` on failure: it may hold a prefix."""
-    with open(src, "rb", buffering=BUFFER) as sealed, open(dst, "wb", buffering=BUFFER) as plain:
-        try:
-            pyrage.decrypt_io(sealed, plain, identities)
-        except pyrage.DecryptError as exc:
-            raise _decrypt_failed(name, str(exc), event) from None
-        except OSError as exc:
-            if exc.errno is not None:
-                raise  # a real I/O error (disk full …): the caller's 74
-            raise _decrypt_failed(name, str(exc), event) from None
-        plain.flush()
-        os.fsync(plain.fileno())
+    """Decrypt ``src`` into the existing file ``dst`` (its mode and owner
+    kept), streaming; the caller fsyncs what it keeps. 7 with ``event`` for a wrong identity or a damaged file (age
+    authenticates every 64 KiB chunk and the end, so a flipped byte or a
+    truncation is caught). The caller removes ``dst`` on failure: it may
+    hold a prefix. pyrage's file-to-file call, not its ``*_io`` one: both
+    stream, and this one does its I/O in Rust (about a third faster)."""
+    try:
+        pyrage.decrypt_file(str(src), str(dst), identities)
+    except pyrage.DecryptError as exc:
+        raise _decrypt_failed(name, str(exc), event) from None
+    except OSError as exc:
+        if not _is_authentication_failure(exc):
+            raise  # a real I/O error (disk full, permissions): the caller's 74
+        raise _decrypt_failed(name, str(exc), event) from None
+
+
+def _is_authentication_failure(exc: OSError) -> bool:
+    """pyrage reports a chunk that fails authentication (a flipped byte, a
+    truncation) as a bare OSError without an errno; the operating system's
+    own errors carry one, or name it as "(os error N)"."""
+    return type(exc) is OSError and exc.errno is None and "(os error" not in str(exc)
 
 
 def _decrypt_failed(name: Path, why: str, event: str) -> NotAStateDatabase:

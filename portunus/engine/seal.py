@@ -191,11 +191,12 @@ def encrypt(src: Path, dst_fd: int, to: list[Any]) -> tuple[str, int]:
 
 def decrypt(src: Path, dst: Path, identities: list[Any], *, event: str, name: Path) -> None:
     """Decrypt ``src`` into the existing file ``dst`` (its mode and owner
-    kept), streaming; the caller fsyncs what it keeps. 7 with ``event`` for a wrong identity or a damaged file (age
-    authenticates every 64 KiB chunk and the end, so a flipped byte or a
-    truncation is caught). The caller removes ``dst`` on failure: it may
-    hold a prefix. pyrage's file-to-file call, not its ``*_io`` one: both
-    stream, and this one does its I/O in Rust (about a third faster)."""
+    kept), streaming; the caller fsyncs what it keeps. 7 with ``event``
+    for a wrong identity or a damaged file (age authenticates every 64 KiB
+    chunk and the end, so a flipped byte or a truncation is caught). The
+    caller removes ``dst`` on failure: it may hold a prefix. pyrage's
+    file-to-file call, not its ``*_io`` one: both stream, and this one does
+    its I/O in Rust (about a third faster)."""
     try:
         pyrage.decrypt_file(str(src), str(dst), identities)
     except pyrage.DecryptError as exc:

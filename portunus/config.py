@@ -47,6 +47,7 @@ class Key:
     doc: str
     check: Check | None = None
     allowed: str = ""  # the accepted range, in words, for docs and messages
+    shown: Callable[[Any], Any] | None = None  # the value as a message may show it
 
     @property
     def dotted(self) -> str:
@@ -111,6 +112,28 @@ def _listen(value: str) -> str | None:
     return None
 
 
+def _replica_url(value: str) -> str | None:
+    # Imported here: the replication package imports this module.
+    from portunus.replication.settings import url_complaint
+
+    return url_complaint(value)
+
+
+def _without_credentials(value: str) -> str:
+    from portunus.replication.settings import public_url
+
+    try:
+        return public_url(value)
+    except ValueError:
+        return "(not shown)"
+
+
+def _endpoint(value: str) -> str | None:
+    from portunus.replication.settings import endpoint_complaint
+
+    return endpoint_complaint(value)
+
+
 KEEP = 1_000_000  # far more periods than anyone keeps; catches a typo'd huge number
 _PATH = "absolute path"
 
@@ -158,6 +181,19 @@ SCHEMA: tuple[Key, ...] = (
         "the newest", _duration, "duration > 0, e.g. 30d, 12h, 1w3d"),
     Key("reset", "scope", list, ["state"], "what reset --confirm removes (state always)",
         _scope, "array of state, tls, legacy"),
+    Key("replication", "url", str, None, "Litestream replica URL; setting it turns "
+        "continuous replication on (credentials only from the environment)", _replica_url,
+        "s3://, gs://, abs://, sftp://, file:///abs/path; no credentials", _without_credentials),
+    Key("replication", "endpoint", str, None, "S3-compatible endpoint (MinIO, ...)", _endpoint,
+        "http:// or https:// URL without credentials", _without_credentials),
+    Key("replication", "region", str, None, "S3 region", None, "any"),
+    Key("replication", "force_path_style", bool, False, "S3 path-style addressing (MinIO)"),
+    Key("replication", "sync_interval", str, "1s", "how often new WAL frames are shipped",
+        _duration, "duration > 0, e.g. 1s, 10s"),
+    Key("replication", "snapshot_interval", str, "24h", "how often a full snapshot is written",
+        _duration, "duration > 0, e.g. 24h"),
+    Key("replication", "retention", str, "72h", "how far back a point-in-time restore "
+        "can reach", _duration, "duration > 0, e.g. 72h, 7d"),
     Key("audit", "retain_days", int, 365, "audit prune removes rows older than this",
         _between(1, 36500), "1-36500"),
 )  # fmt: skip
@@ -229,8 +265,18 @@ def read_text(path: Path, *, required: bool) -> str | None:
         if required:
             raise invalid(path, [Problem(None, None, "the file does not exist")]) from None
         return None
-    except (OSError, UnicodeDecodeError) as exc:
+    except (IsADirectoryError, UnicodeDecodeError) as exc:
         raise invalid(path, [Problem(None, None, f"cannot read it: {exc}")]) from exc
+    except OSError as exc:
+        # Permissions or a failing disk: the environment, not the file's
+        # content, so an I/O error (74) like every other one.
+        raise StorageIOError(
+            f"cannot read {path}: {exc.strerror or exc}",
+            event="startup.config_unreadable",
+            hint="check the owner and mode of the file and of the directories above it "
+            "(the server's user must be able to read it)",
+            path=str(path),
+        ) from exc
 
 
 def examine(text: str) -> tuple[dict[str, Any], list[Problem]]:
@@ -295,7 +341,8 @@ def _complaint(dotted: str, value: Any) -> str | None:
     if not isinstance(value, key.kind) or (isinstance(value, bool) and key.kind is not bool):
         return f"must be {_a(TYPE_NAMES[key.kind])}, got {_toml_type(value)} {_show(value)}"
     complaint = key.check(value) if key.check else None
-    return f"{complaint} (got {_show(value)})" if complaint else None
+    shown = key.shown(value) if key.shown else value
+    return f"{complaint} (got {_show(shown)})" if complaint else None
 
 
 def _unknown(dotted: str, value: Any) -> str:

@@ -5,7 +5,8 @@ data dir's filesystem (78) before anything is created on it; create the
 data dir (0700); take the store lock for the whole life of the process
 (75); open and migrate the store (78 too new, 70 failed); load or generate
 the TLS pair (78 on bad permissions); warn about legacy files; bind
-``listen`` (78) and serve. SIGTERM / SIGINT: stop accepting, drain for up
+``listen`` (78); start the replicator when ``[replication] url`` is set
+(portunus.replication); serve. SIGTERM / SIGINT: stop accepting, drain for up
 to ``shutdown_drain_timeout_secs``, checkpoint and truncate the WAL,
 release the lock, ``server.stopped``.
 
@@ -31,6 +32,7 @@ from portunus.config import Settings
 from portunus.datadir import LEGACY_FILES, DataDir
 from portunus.engine.restore import sweep_stale_stages
 from portunus.errors import STOP_SIGNALS, RefusedByConfiguration
+from portunus.replication.serving import start_replication
 from portunus.runtime import Runtime
 from portunus.server import ServerStore, create_app
 from portunus.store.connection import close_quietly
@@ -139,8 +141,11 @@ def _serve_locked(settings: Settings, data_dir: DataDir) -> None:
                 hint="only behind a TLS-terminating proxy on the same host",
             )
         warn_about_legacy_files(data_dir)
+        warn_when_no_admin(conn, data_dir)
         sock = bind(listen)
+        replicator = start_replication(settings, data_dir, store)
         app = create_app(settings, store, url=listen.url(tls is not None))
+        app.ctx.replicator = replicator
         _hand_stop_signals_to(app)
         run(app, sock, tls)
         # sanic's loop is closed and its handlers gone: the final checkpoint
@@ -176,6 +181,22 @@ def warn_about_legacy_files(data_dir: DataDir) -> None:
                 hint="move it out of the data dir once you no longer need it",
                 path=str(path),
             )
+
+
+def warn_when_no_admin(conn, data_dir: DataDir) -> None:
+    """A fresh store has no operator token, so the API refuses everything.
+    The first one comes from bootstrap-admin, which needs the store lock:
+    say so, with the exact command. (serve never mints or prints a token:
+    its output ends up in the journal.)"""
+    if conn.execute("SELECT 1 FROM operator_tokens WHERE role = 'admin' LIMIT 1").fetchone():
+        return
+    log.warning(
+        "startup.no_admin_token",
+        msg="no admin token exists yet: the API will refuse every request",
+        hint=f"stop the server, run 'portunus-server --data-dir {data_dir.path} "
+        "bootstrap-admin --name NAME' (it prints the first token once), start it again",
+        path=str(data_dir.state_db),
+    )
 
 
 def sweep_stale_restores(data_dir: DataDir) -> None:

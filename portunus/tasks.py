@@ -44,6 +44,9 @@ status_engine = lazy.module("portunus.engine.status")
 verify_engine = lazy.module("portunus.engine.verify")
 audit = lazy.module("portunus.store.audit")
 store_lock = lazy.module("portunus.store.lock")
+replication_restore = lazy.module("portunus.replication.restore")
+replication_settings = lazy.module("portunus.replication.settings")
+replication_status = lazy.module("portunus.replication.status")
 
 log = structlog.get_logger()
 
@@ -239,35 +242,95 @@ def _progress_bar() -> Callable[[int, int], None] | None:
         "in": "backup file to restore",
         "force": "replace an existing state.db (atomically, after every check passed)",
         "json": "print a JSON summary",
+        "from-replica": "restore from the [replication] replica (Litestream) instead of --in",
+        "at": "with --from-replica: the point in time to restore (RFC 3339, e.g. "
+        "2026-05-08T10:00:00Z); default: the newest",
+        "replica": "with --from-replica: this replica URL instead of [replication] url",
         "identity": "age identity file (or SSH private key) that opens a sealed .db.age backup",
         "latest": "restore the newest backup in [backup].dir (or --dir) that passes its checks",
         "dir": "with --latest: look in this directory instead of [backup].dir",
     }
 )
-def restore(c, in_=None, force=False, json=False, identity=None, latest=False, dir_=None):
-    """Validate a backup and restore it into the data dir (server stopped)."""
-    if bool(in_) == bool(latest):
+def restore(
+    c,
+    in_=None,
+    force=False,
+    json=False,
+    from_replica=False,
+    at=None,
+    replica=None,
+    identity=None,
+    latest=False,
+    dir_=None,
+):
+    """Validate a backup (or the replica) and restore it into the data dir (server stopped)."""
+    if from_replica or at or replica:
+        if latest or identity:
+            raise UsageError("--from-replica takes neither --latest nor --identity")
+        result = _restore_from_replica(c, in_, force, from_replica, at, replica)
+    elif bool(in_) == bool(latest):
         raise UsageError(
-            "restore needs --in PATH or --latest (one of them)",
+            "restore needs one of --in PATH, --latest or --from-replica",
             hint="e.g. portunus-server restore --in /var/backups/portunus/2026-05-08.db",
         )
-    rt = _runtime(c)
-    identities = seal.load_identities(Path(identity).expanduser()) if identity else None
-    if latest:
-        directory = _backup_dir(rt, dir_, "restore --latest")
-        result = restore_engine.restore_latest(
-            rt.data_dir, directory, force=force, identities=identities
-        )
     else:
-        result = restore_engine.restore(
-            rt.data_dir, Path(in_).expanduser(), force=force, identities=identities
-        )
+        result = _restore_backup(c, in_, force, identity, latest, dir_)
     if json:
         _print_json(result.as_dict())
     else:
         print(
             f"restored {result.source} into {result.path} (schema version {result.schema_version})"
         )
+
+
+def _restore_backup(c, in_, force, identity, latest, dir_):
+    """restore --in FILE or --latest: a plain or sealed (--identity) backup."""
+    rt = _runtime(c)
+    identities = seal.load_identities(Path(identity).expanduser()) if identity else None
+    if latest:
+        directory = _backup_dir(rt, dir_, "restore --latest")
+        return restore_engine.restore_latest(
+            rt.data_dir, directory, force=force, identities=identities
+        )
+    return restore_engine.restore(
+        rt.data_dir, Path(in_).expanduser(), force=force, identities=identities
+    )
+
+
+def _restore_from_replica(c, in_, force, from_replica, at, replica):
+    if in_ or not from_replica:
+        raise UsageError(
+            "--at and --replica go with --from-replica, which excludes --in",
+            hint="e.g. portunus-server restore --from-replica --at 2026-05-08T10:00:00Z",
+        )
+    rt = _runtime(c)
+    if replica:
+        complaint = config.BY_DOTTED["replication.url"].check(replica)
+        if complaint:
+            raise UsageError(f"--replica {replication_settings.public_url(replica)}: {complaint}")
+    rep = replication_settings.from_settings(rt.settings, url_override=replica)
+    if rep is None:
+        raise UsageError(
+            "--from-replica needs a replica: set [replication] url in server.toml, "
+            "or pass --replica URL",
+            hint="e.g. portunus-server restore --from-replica --replica s3://bucket/portunus",
+        )
+    return replication_restore.restore_from_replica(
+        rt.data_dir, rep, at=_parse_at(at) if at else None, force=force
+    )
+
+
+def _parse_at(text: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        raise UsageError(
+            f"--at {text!r} is not an RFC 3339 time with a zone",
+            hint="e.g. --at 2026-05-08T10:00:00Z",
+        )
+    return when.astimezone(UTC)
 
 
 @operator_task(
@@ -468,10 +531,32 @@ def status(c, json=False):
     found = status_engine.status(
         rt.data_dir, Path(backup_dir).expanduser() if backup_dir else None, rt.settings.source
     )
+    rep = replication_settings.from_settings(rt.settings)
+    replicated = (
+        replication_status.replication_status(rep, rt.data_dir, found.lock_holder) if rep else None
+    )
     if json:
-        _print_json(found.as_dict())
+        _print_json({**found.as_dict(), "replication": replicated and replicated.as_dict()})
     else:
         _render_status(found)
+        _render_replication(replicated)
+
+
+def _render_replication(found: replication_status.ReplicationStatus | None) -> None:
+    if found is None:
+        print(f"{'replication:':<15}off (no [replication] url)")
+        return
+    state = "up" if found.up else "DOWN"
+    print(f"{'replication:':<15}{found.url} ({state})")
+    if found.last_sync:
+        seconds = found.last_sync_age_seconds or 0
+        age = f"{seconds}s" if seconds < 120 else _human_age(seconds)
+        print(f"{'last sync:':<15}{found.last_sync} ({age} ago)")
+    if found.oldest_restorable:
+        window = f"{found.oldest_restorable} .. {found.newest_restorable}"
+        print(f"{'restorable:':<15}{window}")
+    if found.problem:
+        print(f"{'replica note:':<15}{found.problem}")
 
 
 def _render_status(found: status_engine.Status) -> None:

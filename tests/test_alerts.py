@@ -23,6 +23,7 @@ MUST_ALERT_ON = {
     "startup.schema_version_too_new",
     "startup.unsupported_filesystem",
     "backup.failed",
+    "replication.failed",
 }
 
 
@@ -153,3 +154,21 @@ def test_the_unit_tests_catch_a_broken_rule(tmp_path: Path, alert, original, bro
     done = promtool("test", "rules", tmp_path / PROM_TESTS.name)
     assert done.returncode != 0
     assert f"alertname: {alert}," in done.stdout + done.stderr
+
+
+def test_the_replication_rules_name_only_metrics_the_server_serves():
+    """The stale-replica alert reads what GET /metrics renders."""
+    from portunus.replication import metrics as replication_metrics
+
+    class Replicator:
+        up, failures, errors, last_sync = True, 0, 0, 1.0
+
+    served = {
+        line.split()[2]
+        for line in replication_metrics.render(Replicator())
+        if line.startswith("# TYPE")
+    }
+    exprs = " ".join(r["expr"] for r in rules("prometheus-replication-rules.yaml"))
+    used = set(re.findall(r"\bportunus_[a-z_]+", exprs))
+    assert "portunus_replication_last_sync_timestamp_seconds" in used
+    assert used <= served, used - served

@@ -171,5 +171,7 @@ def test_status_json_has_every_field_documented(cli, tmp_path):
         "store",
         "binary_schema_version",
         "backups",
+        "replication",
     }
+    assert found["replication"] is None  # no [replication] url
     assert Path(found["data_dir"]).is_absolute()

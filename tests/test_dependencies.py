@@ -14,7 +14,10 @@ import pytest
 from tests.support import REPO
 
 MINIMUMS = REPO / ".ci" / "minimum-versions.txt"
-_REQUIREMENT = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*(==|>=)\s*([0-9][0-9.]*)$")
+# NAME[extras] >= VERSION; a constraints file names the package without extras.
+_REQUIREMENT = re.compile(
+    r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[A-Za-z0-9,._-]+\])?\s*(==|>=)\s*([0-9][0-9.]*)$"
+)
 
 
 def _name(raw: str) -> str:

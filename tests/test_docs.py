@@ -34,3 +34,22 @@ def test_every_subcommand_is_documented_in_the_readme(cli):
         # Operators type ``config show``; invoke names it ``config.show``.
         typed = name.replace(".", " ")
         assert re.search(rf"^### {re.escape(typed)}$", readme, flags=re.M), typed
+
+
+def test_the_quick_start_is_two_one_line_commands():
+    """The README's quick start: exactly two one-line commands for a fresh
+    machine, one that installs and serves on the default data dir, one that
+    installs and runs the tests (the one .ci/run runs)."""
+    readme = (REPO / "README.md").read_text()
+    quick = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", quick, flags=re.S)
+    commands = [
+        line
+        for block in blocks
+        for line in block.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    assert len(commands) == 2, commands
+    serve, tests = commands
+    assert serve.startswith("python3 -m venv .venv && ") and serve.endswith("portunus-server serve")
+    assert tests.startswith("python3 -m venv .venv && ") and tests.endswith("python -m pytest")

@@ -207,6 +207,22 @@ def test_the_generated_certificate_names_this_host(serve_tmp, env):
     assert "startup.tls_generated" in server.event_names()
 
 
+def test_a_store_without_an_admin_says_how_to_get_the_first_token(serve_tmp, env):
+    """A fresh store serves, but the API would refuse every request: serve
+    warns startup.no_admin_token with the bootstrap-admin command (never a
+    token); once an admin exists it is quiet."""
+    data = serve_tmp / "data"
+    config = write_config(serve_tmp / "s.toml", free_port())
+    server = start_server(data, config, env)
+    server.stop()
+    (warning,) = [e for e in server.events() if e["event"] == "startup.no_admin_token"]
+    assert f"--data-dir {data} bootstrap-admin --name NAME" in warning["hint"]
+    tokens.bootstrap_admin(DataDir(data), "ops")
+    again = start_server(data, config, env)
+    again.stop()
+    assert "startup.no_admin_token" not in again.event_names()
+
+
 def test_legacy_files_are_warned_about_one_by_one_and_stale_restores_swept(serve_tmp, env):
     """identity.json & co. are never loaded silently; a killed restore's
     staged file is removed under the lock."""

@@ -116,3 +116,21 @@ def test_probe_holder_never_creates_the_lock_file(tmp_path):
     assert probe_holder(lock) is None
     assert not os.path.lexists(lock)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_command_leaves_no_lock_file_where_there_was_none(tmp_path: Path):
+    """A refusal changes nothing: the lock file a failed block created is
+    removed; one that was there before stays, and so does the file after a
+    block that succeeded."""
+    lock = tmp_path / "state.db.lock"
+    with pytest.raises(RuntimeError), StoreLock(lock, "serve"):
+        raise RuntimeError("refused")
+    assert not lock.exists()
+    lock.write_text("")
+    with pytest.raises(RuntimeError), StoreLock(lock, "serve"):
+        raise RuntimeError("refused")
+    assert lock.exists()
+    lock.unlink()
+    with StoreLock(lock, "serve"):
+        pass
+    assert lock.exists()

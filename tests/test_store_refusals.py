@@ -130,3 +130,18 @@ def test_a_damaged_store_is_refused_7_at_start_up_with_a_hint_to_restore(
     assert "restore" in refusal["hint"]
     assert snapshot(store) == before
     assert not (store.path / "server.crt").exists()
+
+
+def test_a_data_dir_the_user_cannot_read_is_an_io_error_74_naming_server_toml(shared_tmp: Path):
+    """The service user meets a data dir it may not enter (a root-owned 0700
+    dir): reading the default <data-dir>/server.toml fails first, and that is
+    an I/O error (74, startup.config_unreadable, the path named), not an
+    invalid config (78)."""
+    data = support.make_store(DataDir(shared_tmp / "data"))
+    data.path.chmod(0o700)  # root's; nobody may not look inside
+    run = run_as_nobody("--data-dir", str(data.path), "status", home=shared_tmp)
+    assert run.code == 74, run.err
+    assert not run.has_event("startup.config_invalid")
+    (refusal,) = [e for e in run.events if e["event"] == "startup.config_unreadable"]
+    assert refusal["path"] == str(data.path / "server.toml")
+    assert "Permission denied" in refusal["msg"]

@@ -20,7 +20,7 @@ import structlog
 from portunus import durable
 from portunus.datadir import DataDir, remove_created_dirs
 from portunus.engine import artefact, retention, seal
-from portunus.engine.checksum import CHUNK, ensure_matches, sha256_file
+from portunus.engine.checksum import CHUNK, ensure_matches
 from portunus.errors import (
     InputMissing,
     NotAStateDatabase,
@@ -39,7 +39,8 @@ log = structlog.get_logger()
 
 STAGE_PREFIX = ".restore-"
 _STAGE_NAME = re.compile(
-    durable.exclusive_name_pattern(STAGE_PREFIX, ".db") + "(?:-journal|-wal|-shm)?"
+    # .tmp: the file Litestream writes a restore from a replica into first.
+    durable.exclusive_name_pattern(STAGE_PREFIX, ".db") + r"(?:-journal|-wal|-shm|\.tmp)?"
 )
 
 
@@ -68,7 +69,12 @@ class RestoreResult:
 
 
 def restore(
-    data_dir: DataDir, source: Path, *, force: bool = False, identities: list[Any] | None = None
+    data_dir: DataDir,
+    source: Path,
+    *,
+    force: bool = False,
+    adopt: bool = False,
+    identities: list[Any] | None = None,
 ) -> RestoreResult:
     """Restore ``source`` into ``data_dir``. Checks, in order: input exists
     (5), SQLite header and no live -wal (7), the data dir's filesystem (78),
@@ -76,6 +82,10 @@ def restore(
     stage, verify and migrate (7/78/70). A refusal leaves the data dir as it
     found it: what the restore created (the data dir itself, the lock file,
     the staged copy) is removed again.
+
+    ``adopt``: ``source`` is already a staging file of this data dir (a
+    replica restored by Litestream), checked and swapped in where it is
+    rather than copied first; it is removed whatever the outcome.
 
     A sealed ``source`` (age) needs ``identities`` (engine.seal): it is
     decrypted straight into the staged copy inside the data dir, so its
@@ -101,7 +111,7 @@ def restore(
         )
     created = data_dir.prepare_for_store()
     try:
-        result = _restore_locked(data_dir, source, force, identities)
+        result = _restore_locked(data_dir, source, force, adopt, identities)
     except BaseException:
         remove_created_dirs(created)
         raise
@@ -151,22 +161,16 @@ def restore_latest(
 
 
 def _restore_locked(
-    data_dir: DataDir, source: Path, force: bool, identities: list[Any] | None
+    data_dir: DataDir, source: Path, force: bool, adopt: bool, identities: list[Any] | None
 ) -> RestoreResult:
-    had_lock_file = os.path.lexists(data_dir.lock)
+    # A refusal leaves no lock file where there was none: StoreLock removes
+    # the one it created when the block ends in an exception.
     with StoreLock(data_dir.lock, "restore"):
-        try:
-            return _restore_held(data_dir, source, force, identities)
-        except BaseException:
-            if not had_lock_file:
-                # A refusal leaves no lock file where there was none. Unlinked
-                # while still held, as reset does: the next taker makes a new one.
-                durable.remove_if_present(data_dir.lock)
-            raise
+        return _restore_held(data_dir, source, force, adopt, identities)
 
 
 def _restore_held(
-    data_dir: DataDir, source: Path, force: bool, identities: list[Any] | None
+    data_dir: DataDir, source: Path, force: bool, adopt: bool, identities: list[Any] | None
 ) -> RestoreResult:
     existed = os.path.lexists(data_dir.state_db)
     if existed and not force:
@@ -178,13 +182,16 @@ def _restore_held(
         )
     sweep_stale_stages(data_dir, keep=source)
     try:
-        staged = durable.create_exclusive(data_dir.path, STAGE_PREFIX, ".db")
+        staged = source if adopt else durable.create_exclusive(data_dir.path, STAGE_PREFIX, ".db")
     except OSError as exc:
         raise _io_error(exc, source) from exc
     try:
         # Before SQLite opens it, so its -journal follows the owner too.
         give_to_directory_owner(staged)
-        result = _stage_and_check(source, staged, data_dir, existed, identities)
+        if adopt:
+            result = _check_in_place(staged, data_dir, existed)
+        else:
+            result = _stage_and_check(source, staged, data_dir, existed, identities)
         _swap_in(staged, data_dir)
     except BaseException as exc:
         durable.remove_if_present(*durable.sqlite_family(staged))
@@ -202,7 +209,7 @@ def _stage_and_check(
     )
     if identities:
         # The sidecar covers the sealed bytes: checked before decrypting.
-        digest, size = sha256_file(source)
+        digest, size = _hash(source)
         ensure_matches(source, expected, digest, event="restore.checksum_mismatch")
         seal.decrypt(source, staged, identities, event="restore.decrypt_failed", name=source)
         if not has_sqlite_header(staged):
@@ -220,6 +227,23 @@ def _stage_and_check(
     return RestoreResult(
         data_dir.state_db, source, size, digest, expected is not None, before, after, existed
     )
+
+
+def _check_in_place(staged: Path, data_dir: DataDir, existed: bool) -> RestoreResult:
+    digest, size = _hash(staged)
+    before, after = _check_and_migrate(staged, staged)
+    durable.fsync_path(staged)
+    return RestoreResult(data_dir.state_db, staged, size, digest, False, before, after, existed)
+
+
+def _hash(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as src:
+        while chunk := src.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
 
 
 def _copy_hashing(source: Path, staged: Path) -> tuple[str, int]:

@@ -23,6 +23,7 @@ from sanic.response import HTTPResponse, text
 
 from portunus import __version__
 from portunus.engine.backup import BACKUP_PREFIX
+from portunus.replication import metrics as replication_metrics
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Methods counted under their own name; anything else a client sends (any
@@ -127,7 +128,11 @@ async def metrics(request: Request) -> HTTPResponse:
         ctx.store.writer.durations,
         newest,
     )
-    body = "\n".join([*ctx.metrics.render(), *render_store(facts)]) + "\n"
+    replicator = getattr(ctx, "replicator", None)
+    if replicator is not None:  # a fresh answer, not the last poll's
+        await asyncio.get_running_loop().run_in_executor(None, replicator.poll)
+    replication = replication_metrics.render(replicator)
+    body = "\n".join([*ctx.metrics.render(), *render_store(facts), *replication]) + "\n"
     return text(body, content_type=CONTENT_TYPE)
 
 

@@ -206,6 +206,9 @@ class Checkpointer:
         self.last_checkpoint: tuple[int, int] | None = None  # (WAL pages, pages backfilled)
         self.catch_ups = 0
         self._catch_up_due = False
+        # While Litestream replicates it owns checkpointing (see
+        # portunus.replication.serving): this thread and the writer stand down.
+        self.stand_down: Callable[[], bool] = lambda: False
 
     def watch(self, writer_conn: apsw.Connection) -> None:
         """Turn the writer's auto-checkpoint off and wake this thread instead."""
@@ -234,7 +237,7 @@ class Checkpointer:
     def catch_up(self, writer_conn: apsw.Connection) -> None:
         """On the writer's thread, outside any transaction: checkpoint the
         frames committed since the last complete background checkpoint."""
-        if not self._catch_up_due:
+        if not self._catch_up_due or self.stand_down():
             return
         self._catch_up_due = False
         self.catch_ups += 1
@@ -275,6 +278,8 @@ class Checkpointer:
 
     def _checkpoint(self) -> bool:
         """One PASSIVE checkpoint; whether it got every frame it could see."""
+        if self.stand_down():
+            return False
         self.attempts += 1
         try:
             busy, wal_pages, moved = self._conn.execute(
@@ -384,6 +389,9 @@ class ServerStore:
         )
         self._started = False
         self.damage: str | None = None  # SQLite's words, once it found state.db damaged
+        # Run by close() once every write is committed, before the final
+        # checkpoint (the replicator's final sync and stop).
+        self.before_checkpoint: list[Callable[[], None]] = []
 
     def mark_damaged(self, detail: str) -> None:
         """From now on: /readyz is not ready and writes are refused (writing
@@ -453,6 +461,8 @@ class ServerStore:
         self.checkpointer.stop()
         conn, self._conn = self._conn, None
         try:
+            for hook in self.before_checkpoint:
+                hook()
             busy, wal_pages, moved = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()[0]
             if busy:
                 log.warning(

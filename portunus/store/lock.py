@@ -16,11 +16,17 @@ from portunus.ownership import give_to_directory_owner
 
 
 class StoreLock:
-    """Context manager around the flock; ``release()`` is idempotent."""
+    """Context manager around the flock; ``release()`` is idempotent.
+
+    A command that fails or refuses leaves no lock file where there was none
+    (a refusal changes nothing): leaving the ``with`` block on an exception
+    unlinks the file if this lock created it, while still holding it, as
+    reset does; the next taker makes a new one."""
 
     def __init__(self, path: Path, purpose: str) -> None:
         self.path = path
         self.purpose = purpose
+        self.created = False
         self._fd: int | None = None
 
     def acquire(self) -> StoreLock:
@@ -52,14 +58,19 @@ class StoreLock:
     def __enter__(self) -> StoreLock:
         return self.acquire()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type | None, *exc: object) -> None:
+        if exc_type is not None and self.created and self._fd is not None:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass  # best effort: a lock file left behind is harmless
         self.release()
 
     def _open(self) -> int:
         try:
             # O_NOFOLLOW: a planted symlink must not make us create or
             # truncate a file elsewhere.
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fd = self._open_or_create()
         except OSError as exc:
             raise StorageIOError(
                 f"cannot open the lock file {self.path}: {exc.strerror}",
@@ -72,6 +83,15 @@ class StoreLock:
         except OSError:
             os.close(fd)
             raise
+        return fd
+
+    def _open_or_create(self) -> int:
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return os.open(self.path, flags)
+        self.created = True
         return fd
 
 

@@ -220,25 +220,16 @@ def _seal(
     stage: Path, tmp: Path, level: str, source: Path, recipients: list[Any]
 ) -> tuple[str, int]:
     """Encrypt the private plaintext copy into the destination's temporary
-    file (the only bytes the destination ever sees), hashing the ciphertext
-    as it is written, while the copy is checked beside it: a failed check
-    means the ciphertext is never published. Then fsync. (sha256, size) of
-    the sealed bytes."""
+    file (the only bytes the destination ever sees) while the copy is
+    checked beside it: a failed check means the ciphertext is never
+    published. Then hash (from the page cache) and fsync the ciphertext
+    side by side. (sha256, size) of the sealed bytes."""
     with ThreadPoolExecutor(max_workers=2, initializer=lower_thread_priority) as pool:
         checked = pool.submit(_check_copy, stage, level, source)
-        sealed = pool.submit(_encrypt_into, stage, tmp, recipients)
+        sealed = pool.submit(seal.encrypt, stage, tmp, recipients)
         checked.result()
-        digest, size = sealed.result()
-    durable.fsync_path(tmp)
-    return digest, size
-
-
-def _encrypt_into(stage: Path, tmp: Path, recipients: list[Any]) -> tuple[str, int]:
-    fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
-    try:
-        return seal.encrypt(stage, fd, recipients)
-    finally:
-        os.close(fd)
+        sealed.result()
+    return _verify_and_hash(tmp, "none", source)
 
 
 def _destination(out: Path, directory: bool, *, sealed: bool = False) -> tuple[Path, bool]:

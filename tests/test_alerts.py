@@ -16,8 +16,11 @@ from tests.support import REPO
 from tests.test_events import catalogue
 
 ALERTS = REPO / "config" / "alerts"
-PROM_RULES = ALERTS / "prometheus-rules.yaml"
-PROM_TESTS = ALERTS / "prometheus-rules.test.yaml"
+# Every Prometheus rules file, each with its promtool unit tests beside it
+# (<name>.test.yaml).
+PROM_RULE_FILES = sorted(
+    p.name for p in ALERTS.glob("prometheus-*.yaml") if not p.name.endswith(".test.yaml")
+)
 MUST_ALERT_ON = {
     "startup.store_in_use",
     "startup.schema_version_too_new",
@@ -104,54 +107,86 @@ def promtool(*args: str | Path) -> subprocess.CompletedProcess:
     )
 
 
-def unit_tests() -> list[dict]:
-    document = yaml.safe_load(PROM_TESTS.read_text())
-    assert document["rule_files"] == [PROM_RULES.name]
+def unit_test_file(rules_name: str) -> Path:
+    """prometheus-x.yaml is unit-tested by prometheus-x.test.yaml beside it."""
+    return ALERTS / rules_name.replace(".yaml", ".test.yaml")
+
+
+def unit_tests(rules_name: str) -> list[dict]:
+    document = yaml.safe_load(unit_test_file(rules_name).read_text())
+    assert document["rule_files"] == [rules_name]
     return [check for test in document["tests"] for check in test["alert_rule_test"]]
 
 
-@pytest.mark.parametrize("alert", sorted(r["alert"] for r in rules("prometheus-rules.yaml")))
-def test_every_prometheus_alert_is_unit_tested_firing_and_silent(alert):
+def test_every_prometheus_rules_file_has_its_unit_tests_beside_it():
+    """A rules file without tests, or tests without their rules, fails here."""
+    assert {"prometheus-rules.yaml", "prometheus-replication-rules.yaml"} <= set(PROM_RULE_FILES)
+    test_files = {p.name for p in ALERTS.glob("*.test.yaml")}
+    assert test_files == {unit_test_file(name).name for name in PROM_RULE_FILES}
+
+
+@pytest.mark.parametrize(
+    ("rules_name", "alert"),
+    [(name, r["alert"]) for name in PROM_RULE_FILES for r in rules(name)],
+)
+def test_every_prometheus_alert_is_unit_tested_firing_and_silent(rules_name, alert):
     """At least one evaluation where it fires and one where it must not."""
-    checks = [c for c in unit_tests() if c["alertname"] == alert]
+    checks = [c for c in unit_tests(rules_name) if c["alertname"] == alert]
     assert any(c["exp_alerts"] for c in checks), f"{alert}: no test where it fires"
     assert any(not c["exp_alerts"] for c in checks), f"{alert}: no test where it is silent"
 
 
-def test_the_unit_tests_name_only_alerts_the_rules_define():
-    defined = {r["alert"] for r in rules("prometheus-rules.yaml")}
-    assert {c["alertname"] for c in unit_tests()} <= defined
+@pytest.mark.parametrize("rules_name", PROM_RULE_FILES)
+def test_the_unit_tests_name_only_alerts_the_rules_define(rules_name):
+    defined = {r["alert"] for r in rules(rules_name)}
+    assert {c["alertname"] for c in unit_tests(rules_name)} <= defined
 
 
 @needs_promtool
-def test_promtool_checks_the_rules():
-    done = promtool("check", "rules", PROM_RULES)
+@pytest.mark.parametrize("rules_name", PROM_RULE_FILES)
+def test_promtool_checks_the_rules(rules_name):
+    done = promtool("check", "rules", ALERTS / rules_name)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 @needs_promtool
-def test_promtool_runs_the_unit_tests():
-    done = promtool("test", "rules", PROM_TESTS)
+@pytest.mark.parametrize("rules_name", PROM_RULE_FILES)
+def test_promtool_runs_the_unit_tests(rules_name):
+    done = promtool("test", "rules", unit_test_file(rules_name))
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+BACKUPS, REPLICATION = "prometheus-rules.yaml", "prometheus-replication-rules.yaml"
+# (rules file, alert, text in its rule, a change to it its tests must catch)
+BROKEN_RULES = [
+    (BACKUPS, "PortunusBackupTooOld", "> 26 * 3600", "> 25 * 3600"),
+    (BACKUPS, "PortunusBackupLastAttemptFailed", "success == 0", "success == 2"),
+    (BACKUPS, "PortunusBackupMetricsMissing", "for: 26h", "for: 20h"),
+    (BACKUPS, "PortunusBackupsNoneKept", "count == 0", "count < 0"),
+    (REPLICATION, "PortunusReplicaStale", "> 120", "> 240"),
+    (REPLICATION, "PortunusReplicaStale", "for: 2m", "for: 1m"),
+    (REPLICATION, "PortunusReplicationDown", "up == 0", "up == 1"),
+    (REPLICATION, "PortunusReplicationDown", "for: 5m", "for: 3m"),
+    (REPLICATION, "PortunusReplicationErrors", "[15m]) > 10", "[15m]) > 20"),
+    (REPLICATION, "PortunusReplicationErrors", "[15m]) > 10", "[15m]) > 2"),
+]
+
+
+def test_every_prometheus_alert_has_a_broken_rule_case():
+    """A new alert needs a case below showing its unit tests can fail."""
+    defined = {(name, r["alert"]) for name in PROM_RULE_FILES for r in rules(name)}
+    assert {(name, alert) for name, alert, _, _ in BROKEN_RULES} == defined
+
+
 @needs_promtool
-@pytest.mark.parametrize(
-    ("alert", "original", "broken"),
-    [
-        ("PortunusBackupTooOld", "> 26 * 3600", "> 25 * 3600"),
-        ("PortunusBackupLastAttemptFailed", "success == 0", "success == 2"),
-        ("PortunusBackupMetricsMissing", "for: 26h", "for: 20h"),
-        ("PortunusBackupsNoneKept", "count == 0", "count < 0"),
-    ],
-)
-def test_the_unit_tests_catch_a_broken_rule(tmp_path: Path, alert, original, broken):
+@pytest.mark.parametrize(("rules_name", "alert", "original", "broken"), BROKEN_RULES)
+def test_the_unit_tests_catch_a_broken_rule(tmp_path: Path, rules_name, alert, original, broken):
     """Each alert's tests fail when its rule is changed: they can fail."""
-    text = PROM_RULES.read_text()
+    text = (ALERTS / rules_name).read_text()
     assert text.count(original) == 1
-    (tmp_path / PROM_RULES.name).write_text(text.replace(original, broken))
-    shutil.copy(PROM_TESTS, tmp_path / PROM_TESTS.name)
-    done = promtool("test", "rules", tmp_path / PROM_TESTS.name)
+    (tmp_path / rules_name).write_text(text.replace(original, broken))
+    shutil.copy(unit_test_file(rules_name), tmp_path)
+    done = promtool("test", "rules", tmp_path / unit_test_file(rules_name).name)
     assert done.returncode != 0
     assert f"alertname: {alert}," in done.stdout + done.stderr
 

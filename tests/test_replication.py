@@ -180,8 +180,8 @@ def test_an_empty_replica_is_5_and_nothing_is_created(tmp_path, cli):
     run, fresh = restore_into(cli, tmp_path, f"file://{tmp_path / 'empty'}")
     assert run.code == 5
     assert run.has_event("restore.replica_empty")
-    assert not fresh.state_db.exists()
-    assert not [p for p in fresh.path.iterdir() if p.name.startswith(".restore-")]
+    # Refused into a data dir that did not exist: left as found, not created.
+    assert not fresh.path.exists()
 
 
 def test_from_replica_keeps_the_ordinary_refusals(serve_tmp, env, cli):
@@ -404,3 +404,29 @@ def test_a_killed_replica_restore_s_leftovers_are_swept_and_the_old_state_kept(t
     assert run.code == 0, run.err
     assert not any(p.exists() for p in leftovers)
     assert not [p for p in target.path.iterdir() if p.name.startswith(".restore-")]
+
+
+@pytest.mark.parametrize(
+    ("line", "event", "level"),
+    [
+        ('level=INFO msg="replicating to" type=file', "replication.replicating", "info"),
+        ('level=INFO msg="snapshot complete" txid=1', "replication.snapshot_written", "info"),
+        ('level=INFO msg="compaction complete" level=1', "replication.compacted", "info"),
+        ('level=DEBUG msg="ltx file uploaded" filename=x', "replication.uploaded", "debug"),
+        ('level=DEBUG msg="replica sync" txid=2', "replication.synced", "debug"),
+        ('level=INFO msg="litestream shut down"', "replication.shut_down", "info"),
+        ('level=INFO msg="replica sync recovered"', "replication.sync_recovered", "info"),
+        ('level=INFO msg="something new"', "replication.log", "info"),
+        ('level=WARN msg="slow upload" secs=3', "replication.warning", "warning"),
+        ('level=ERROR msg="sync error" err="timeout"', "replication.error", "error"),
+        ("Error: cannot open database", "replication.error", "error"),
+    ],
+)
+def test_each_kind_of_litestream_line_has_its_catalogued_event(line, event, level):
+    """Litestream's messages map to their catalogued names, with its level
+    kept and its wording in msg; anything else falls back by level, so no
+    line is lost (the live server test above sees the common ones)."""
+    from portunus.replication.logs import translate
+
+    translated = translate(f"time=2026-12-04T10:00:00Z {line}")
+    assert (translated.event, translated.level) == (event, level)

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from portunus.datadir import DataDir
+from portunus.engine import tokens
 from tests import serving, support
-from tests.serving import free_port, write_config
+from tests.serving import free_port, start_server, write_config
 from tests.test_replication import (  # noqa: F401 (the fixture applies here too)
     _no_server_left_behind,
     client_names,
@@ -163,3 +165,51 @@ def test_a_ca_bundle_litestream_cannot_use_is_one_clear_failure(serve_tmp, env, 
     assert "ca_bundle" in failed["hint"] and "SSL_CERT_FILE" in failed["hint"]
     assert first.server.client(first.admin).get("/v1/clients").status_code == 200
     assert first.server.stop() == 0
+
+
+def unreachable_replication() -> dict:
+    """[replication] pointing at an S3 endpoint where nothing listens."""
+    return {
+        "url": f"s3://{BUCKET}/gone",
+        "endpoint": f"http://127.0.0.1:{free_port()}",
+        "force_path_style": True,
+        "sync_interval": "1s",
+    }
+
+
+def test_a_replica_that_cannot_be_reached_is_74_and_nothing_is_created(env, cli, tmp_path):
+    """restore --from-replica with the object store down: 74
+    restore.replica_unreachable naming the URL (no credential), and the data
+    dir is left as it was (here: not created)."""
+    config = write_config(
+        tmp_path / "server.toml", free_port(), replication=unreachable_replication()
+    )
+    data = tmp_path / "data"
+    run = cli(
+        "--config", str(config), "--data-dir", str(data), "restore", "--from-replica", env=env
+    )
+    assert run.code == 74, run.err
+    (failed,) = [e for e in run.events if e["event"] == "restore.replica_unreachable"]
+    assert failed["url"] == f"s3://{BUCKET}/gone"
+    assert SECRET_KEY not in run.err + run.out
+    assert not data.exists()
+
+
+def test_a_final_sync_that_cannot_finish_is_reported_and_the_stop_stays_clean(
+    serve_tmp, env, tmp_path
+):
+    """SIGTERM with the object store unreachable: the final sync is bounded by
+    shutdown_drain_timeout_secs, replication.final_sync_failed says so, and
+    the server still stops cleanly (exit 0, lock released)."""
+    data = DataDir(serve_tmp / "data")
+    tokens.bootstrap_admin(data, "ops")
+    config = write_config(
+        serve_tmp / "server.toml", free_port(), replication=unreachable_replication()
+    )
+    config.write_text("shutdown_drain_timeout_secs = 1\n" + config.read_text())
+    server = start_server(data.path, config, env)
+    server.wait_for("replication.started")
+    assert server.stop() == 0
+    names = server.event_names()
+    assert "replication.final_sync_failed" in names, server.stderr()
+    assert names[-1] == "server.stopped"

@@ -25,7 +25,7 @@ from pathlib import Path
 import structlog
 
 from portunus import durable
-from portunus.datadir import DataDir
+from portunus.datadir import DataDir, remove_created_dirs
 from portunus.engine import restore as restore_engine
 from portunus.errors import InputMissing, StorageIOError, StoreInUse, WouldOverwrite
 from portunus.replication.settings import (
@@ -112,9 +112,12 @@ def restore_from_replica(
 ) -> restore_engine.RestoreResult:
     """Restore the replica (at ``at``, else its newest state) into ``data_dir``."""
     _refuse_early(data_dir, force)
-    data_dir.ensure()
+    # The filesystem check every store-creating command runs (78), and the
+    # directories made here, removed again if the restore fails or refuses.
+    created = data_dir.prepare_for_store()
     litestream = _Litestream(rep, data_dir.state_db)
     staged: Path | None = None
+    restored = False
     try:
         window = litestream.window()
         if window is None:
@@ -155,11 +158,14 @@ def restore_from_replica(
         # Litestream wrote it inside the data dir already: checked and
         # swapped in where it is, not copied a second time.
         result = restore_engine.restore(data_dir, staged, force=force, adopt=True)
+        restored = True
         return dataclasses.replace(result, source=rep.public_url)
     finally:
         litestream.close()
         if staged is not None:
             durable.remove_if_present(staged, Path(f"{staged}.tmp"))
+        if not restored:
+            remove_created_dirs(created)
 
 
 def replica_window(rep: Replication, db_path: Path, timeout: float = 30) -> Window | None:

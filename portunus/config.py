@@ -89,6 +89,22 @@ def _scope(value: list[Any]) -> str | None:
     return f"unknown scope {bad}; allowed: state, tls, legacy" if bad else None
 
 
+def _recipients(value: list[Any]) -> str | None:
+    if not all(isinstance(v, str) for v in value):
+        return "must be an array of strings"
+    # Imported here: only a file that sets encrypt_to pays for loading pyrage.
+    import pyrage
+    from pyrage import ssh, x25519
+
+    for text in value:
+        parse = ssh.Recipient if text.strip().startswith("ssh-") else x25519.Recipient
+        try:
+            parse.from_str(text.strip())
+        except (pyrage.RecipientError, ValueError):
+            return f"{text!r} is not an age recipient (age1…) or ssh-ed25519/ssh-rsa public key"
+    return None
+
+
 def _listen(value: str) -> str | None:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -143,6 +159,10 @@ SCHEMA: tuple[Key, ...] = (
         "(quick_check) or full (integrity_check)", _one_of("none", "quick", "full"),
         "none, quick, full"),
     Key("backup", "checksum", bool, True, "write a <name>.sha256 sidecar"),
+    Key("backup", "encrypt_to", list, [], "age recipients (age1…, ssh-ed25519/ssh-rsa public "
+        "keys): seal every backup", _recipients, "array of age/SSH public keys"),
+    Key("backup", "recipients_file", str, None, "file of age recipients (age's format; "
+        "# comments) that seal every backup", _absolute_path, _PATH),
     Key("backup", "metrics_textfile", str, None, "node_exporter textfile updated by backup "
         "and prune", _prom_file, "absolute path ending in .prom"),
     Key("retention", "keep_last", int, 0, "keep the N newest backups", _between(0, KEEP),

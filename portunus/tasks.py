@@ -38,6 +38,7 @@ managed = lazy.module("portunus.engine.managed")
 reset_engine = lazy.module("portunus.engine.reset")
 restore_engine = lazy.module("portunus.engine.restore")
 retention = lazy.module("portunus.engine.retention")
+seal = lazy.module("portunus.engine.seal")
 tokens = lazy.module("portunus.engine.tokens")
 status_engine = lazy.module("portunus.engine.status")
 verify_engine = lazy.module("portunus.engine.verify")
@@ -160,9 +161,14 @@ def _print_json(data: dict[str, Any]) -> None:
         "out": "new file to write, or an existing directory (gets portunus-state-<RFC3339>.db); "
         "default: [backup].dir from server.toml",
         "json": "print a JSON summary instead of the path",
+        "recipient": "seal the backup to this age recipient (age1…, or an ssh-ed25519/ssh-rsa "
+        "public key); repeatable; replaces [backup].encrypt_to",
+        "recipients_file": "seal the backup to every recipient in this file (age's format: "
+        "one a line, # comments); replaces [backup].recipients_file",
     },
+    iterable=["recipient"],
 )
-def backup(c, out=None, json=False):
+def backup(c, out=None, json=False, recipient=None, recipients_file=None):
     """Online backup of the store to a new file (safe while the server runs)."""
     rt = _runtime(c)
     if out is None and not rt.settings.get("backup.dir"):
@@ -171,10 +177,14 @@ def backup(c, out=None, json=False):
             hint="e.g. portunus-server backup --out ~/portunus-$(date +%F).db",
         )
     progress = None if json else _progress_bar()
+    named = None
+    if recipient or recipients_file:
+        files = [Path(recipients_file).expanduser()] if recipients_file else []
+        named = seal.recipients(recipient or (), files)
     if out is None:
         # Into [backup].dir: a managed backup, which prunes per [retention]
         # and records the metrics textfile (engine.managed).
-        options = managed.options_from_settings(rt.settings, progress=progress)
+        options = managed.options_from_settings(rt.settings, progress=progress, recipients=named)
         try:
             made = managed.managed_backup(rt.data_dir, options)
         except managed.BackupIncomplete as incomplete:
@@ -192,6 +202,7 @@ def backup(c, out=None, json=False):
         # An --out DIR/ (pathlib drops the slash) is a directory: if it is
         # missing, 74, never a file of its name.
         directory=out.endswith(os.sep),
+        recipients=seal.from_settings(rt.settings) if named is None else named,
     )
     _render_backup(result.as_dict(), json)
 
@@ -235,26 +246,55 @@ def _progress_bar() -> Callable[[int, int], None] | None:
         "at": "with --from-replica: the point in time to restore (RFC 3339, e.g. "
         "2026-05-08T10:00:00Z); default: the newest",
         "replica": "with --from-replica: this replica URL instead of [replication] url",
+        "identity": "age identity file (or SSH private key) that opens a sealed .db.age backup",
+        "latest": "restore the newest backup in [backup].dir (or --dir) that passes its checks",
+        "dir": "with --latest: look in this directory instead of [backup].dir",
     }
 )
-def restore(c, in_=None, force=False, json=False, from_replica=False, at=None, replica=None):
+def restore(
+    c,
+    in_=None,
+    force=False,
+    json=False,
+    from_replica=False,
+    at=None,
+    replica=None,
+    identity=None,
+    latest=False,
+    dir_=None,
+):
     """Validate a backup (or the replica) and restore it into the data dir (server stopped)."""
     if from_replica or at or replica:
+        if latest or identity:
+            raise UsageError("--from-replica takes neither --latest nor --identity")
         result = _restore_from_replica(c, in_, force, from_replica, at, replica)
-    elif not in_:
+    elif bool(in_) == bool(latest):
         raise UsageError(
-            "restore needs --in PATH (or --from-replica)",
+            "restore needs one of --in PATH, --latest or --from-replica",
             hint="e.g. portunus-server restore --in /var/backups/portunus/2026-05-08.db",
         )
     else:
-        rt = _runtime(c)
-        result = restore_engine.restore(rt.data_dir, Path(in_).expanduser(), force=force)
+        result = _restore_backup(c, in_, force, identity, latest, dir_)
     if json:
         _print_json(result.as_dict())
     else:
         print(
             f"restored {result.source} into {result.path} (schema version {result.schema_version})"
         )
+
+
+def _restore_backup(c, in_, force, identity, latest, dir_):
+    """restore --in FILE or --latest: a plain or sealed (--identity) backup."""
+    rt = _runtime(c)
+    identities = seal.load_identities(Path(identity).expanduser()) if identity else None
+    if latest:
+        directory = _backup_dir(rt, dir_, "restore --latest")
+        return restore_engine.restore_latest(
+            rt.data_dir, directory, force=force, identities=identities
+        )
+    return restore_engine.restore(
+        rt.data_dir, Path(in_).expanduser(), force=force, identities=identities
+    )
 
 
 def _restore_from_replica(c, in_, force, from_replica, at, replica):
@@ -338,17 +378,32 @@ def _render_reset(
         print(f"{prefix}nothing to remove in {plan.data_dir.path}")
 
 
-@operator_task(positional=["path"], help={"path": "backup file to check", "json": "JSON output"})
-def verify(c, path, json=False):
+@operator_task(
+    positional=["path"],
+    help={
+        "path": "backup file to check",
+        "json": "JSON output",
+        "identity": "age identity file (or SSH private key): decrypt a sealed backup and check "
+        "everything; without it only a sealed backup's checksum is checked",
+    },
+)
+def verify(c, path, json=False, identity=None):
     """Check a backup: header, checksum, integrity, schema version, row counts."""
-    _runtime(c)
-    result = verify_engine.verify(Path(path).expanduser())
+    rt = _runtime(c)
+    identities = seal.load_identities(Path(identity).expanduser()) if identity else None
+    # A sealed backup is decrypted inside the data dir (0700) when it exists.
+    stage_in = rt.data_dir.path if rt.data_dir.path.is_dir() else None
+    result = verify_engine.verify(Path(path).expanduser(), identities=identities, stage_in=stage_in)
     if json:
         _print_json(result.as_dict())
         return
     print(f"path: {result.path}")
     print(f"bytes: {result.bytes}")
+    print(f"sealed: {'yes (age)' if result.sealed else 'no'}")
     print(f"sha256: {result.sha256} (sidecar: {result.checksum})")
+    if result.integrity != "ok":
+        print("content: NOT CHECKED (sealed; pass --identity FILE to check everything)")
+        return
     print(f"integrity: {result.integrity}")
     print(f"schema_version: {result.schema_version} (this binary: {result.binary_schema_version})")
     for table, count in result.rows.items():
@@ -383,11 +438,11 @@ def _update_metrics(rt: runtime.Runtime, **values: float) -> None:
         metrics_textfile.update(Path(textfile), values)
 
 
-def _backup_dir(rt: runtime.Runtime, override: str | None) -> Path:
+def _backup_dir(rt: runtime.Runtime, override: str | None, command: str = "prune") -> Path:
     target = override or rt.settings.get("backup.dir")
     if not target:
         raise UsageError(
-            "prune needs [backup].dir in server.toml (or --dir DIR)",
+            f"{command} needs [backup].dir in server.toml (or --dir DIR)",
             hint="portunus-server config set backup.dir /var/backups/portunus",
         )
     return Path(target).expanduser()
@@ -668,9 +723,57 @@ def _parse_before(text: str) -> datetime:
     return at
 
 
+@operator_task(
+    name="list",
+    help={"json": "print JSON", "dir": "list this directory instead of [backup].dir"},
+)
+def list_(c, json=False, dir_=None):
+    """List every backup in [backup].dir, newest first: time, size, sealed, checksum sidecar."""
+    rt = _runtime(c)
+    found = retention.scan(_backup_dir(rt, dir_, "list"))
+    backups = sorted(found.backups, key=lambda b: b.time, reverse=True)
+    rows = [
+        {
+            "name": b.name,
+            "path": str(found.directory / b.name),
+            "time": retention.rfc3339(b.time),
+            "bytes": b.bytes,
+            "sealed": b.sealed,
+            "sidecar": b.sidecar_bytes is not None,
+        }
+        for b in backups
+    ]
+    if json:
+        _print_json({"dir": str(found.directory), "backups": rows})
+        return
+    for row in rows:
+        kind = "sealed" if row["sealed"] else "plain"
+        sidecar = "sha256" if row["sidecar"] else "no-sha256"
+        size = _human_bytes(row["bytes"])
+        print(f"{row['time']}  {size:>10}  {kind:<6}  {sidecar:<9}  {row['name']}")
+    if not rows:
+        print(f"no backups in {found.directory}")
+
+
+@operator_task(help={"out": "new file for the identity (mode 0600; never overwritten)"})
+def keygen(c, out=None):
+    """Generate an age key pair for sealed backups: identity to --out, recipient to stdout."""
+    if not out:
+        raise UsageError(
+            "keygen needs --out FILE",
+            hint="e.g. portunus-server keygen --out /root/portunus-backup.key (then keep it "
+            "off this host)",
+        )
+    recipient = seal.keygen(Path(out).expanduser())
+    log.info("keygen.completed", msg="identity written", path=str(out), recipient=recipient)
+    print(recipient)
+
+
 def collection() -> Collection:
     """The operator tasks, as both portunus-server and invoke see them."""
-    root = Collection(serve, backup, restore, reset, verify, bootstrap_admin, prune, status)
+    root = Collection(
+        serve, backup, restore, reset, verify, bootstrap_admin, prune, status, list_, keygen
+    )
     root.add_collection(Collection("config", config_show, config_check, config_set))
     root.add_collection(Collection("audit", audit_prune))
     return root

@@ -80,7 +80,7 @@ def test_show_in_text_prints_one_line_per_key(cli, tmp_path):
     assert lines[0] == "# file: none (built-in defaults)"
     assert lines[1].split() == ["data_dir", f'"{tmp_path / "data"}"', "#", "flag"]
     assert any(line.split()[:2] == ["retention.keep_daily", "0"] for line in lines)
-    assert len(lines) == 1 + 28
+    assert len(lines) == 1 + 30
 
 
 def test_check_lists_every_problem_and_exits_78(cli, tmp_path):

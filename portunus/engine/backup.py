@@ -24,13 +24,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import apsw
 import structlog
 
 from portunus import durable, testpoints
 from portunus.datadir import DataDir
-from portunus.engine import artefact
+from portunus.engine import artefact, seal
 from portunus.engine.checksum import sha256_file, sidecar_path, sidecar_text
 from portunus.errors import (
     InputMissing,
@@ -56,9 +57,13 @@ NAME_ATTEMPTS = 100  # fresh names tried when concurrent backups share a directo
 # An unlocked temporary file untouched this long was left by a killed backup.
 STALE_TEMP_SECS = 60.0
 _TEMP_NAME = re.compile(durable.exclusive_name_pattern(TEMP_PREFIX, ".tmp"))
+# A sealed backup's plaintext copy is made and checked here, inside the
+# data dir (0700), never in the destination: see :func:`_seal`.
+STAGE_PREFIX = ".backup-stage-"
+_STAGE_NAME = re.compile(durable.exclusive_name_pattern(STAGE_PREFIX, ".db"))
 # What backup_name writes (seconds, or microseconds on a clash).
 _BACKUP_NAME = re.compile(
-    re.escape(BACKUP_PREFIX) + r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z\.db"
+    re.escape(BACKUP_PREFIX) + r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z\.db(\.age)?"
 )
 _SIDECAR_LINE = re.compile(r"[0-9a-f]{64}  [^\n]+\n")
 SIDECAR_MAX = 4096  # a digest, two spaces and a file name (at most 255 bytes)
@@ -101,11 +106,12 @@ class _Copy:
     restarts: int
 
 
-def backup_name(at: datetime, *, precise: bool = False) -> str:
-    """``portunus-state-<RFC3339 UTC>.db``; ``precise`` adds microseconds."""
+def backup_name(at: datetime, *, precise: bool = False, sealed: bool = False) -> str:
+    """``portunus-state-<RFC3339 UTC>.db`` (``.db.age`` when ``sealed``);
+    ``precise`` adds microseconds."""
     spec = "microseconds" if precise else "seconds"
     stamp = at.astimezone(UTC).replace(tzinfo=None).isoformat(timespec=spec)
-    return f"{BACKUP_PREFIX}{stamp}Z.db"
+    return f"{BACKUP_PREFIX}{stamp}Z.db" + (seal.SEALED_SUFFIX if sealed else "")
 
 
 def backup(
@@ -116,31 +122,46 @@ def backup(
     checksum: bool = True,
     progress: Progress | None = None,
     directory: bool = False,
+    recipients: list[Any] | None = None,
 ) -> BackupResult:
     """Back the store in ``data_dir`` up to ``out`` (a new file, or a directory).
 
     ``directory``: ``out`` is meant as a directory (``[backup] dir``, an
     ``--out DIR/``), so if it is not one that is refused, never a file of its
-    name."""
+    name. ``recipients`` (parsed by :mod:`portunus.engine.seal`) seal it:
+    the copy is made and checked in the data dir, and only its age
+    encryption is written to the destination."""
     started = time.monotonic()
     source = _checked_source(data_dir)
-    final, named_here = _destination(out, directory)
+    final, named_here = _destination(out, directory, sealed=bool(recipients))
     sweep_stale_temps(final.parent)
-    tmp = held = None
+    if recipients:
+        sweep_stale_temps(data_dir.path, _STAGE_NAME)
+    tmp = held = stage = stage_held = None
     checkpoint = _SourceCheckpoint(source)
     try:
         # A SIGTERM/SIGINT between creating the temp file and this try would
         # leave it behind: held off until both names are bound.
         with durable.signals_deferred():
+            if recipients:
+                stage, stage_held = _create_temp(data_dir.path, STAGE_PREFIX, ".db")
             tmp, held = _create_temp(final.parent)
-        copied = _copy(source, tmp, held, progress, on_snapshot_released=checkpoint.start)
+        # The private staging copy is never written back early: it is
+        # removed within seconds, mostly before it ever reaches the disk.
+        copy_to, writeback = (stage, None) if recipients else (tmp, held)
+        copied = _copy(source, copy_to, writeback, progress, on_snapshot_released=checkpoint.start)
         copy_seconds = time.monotonic() - started
-        digest, size = _verify_and_hash(tmp, verify, source)
+        if recipients:
+            digest, size = _seal(stage, tmp, verify, source, recipients)
+            durable.remove_if_present(*durable.sqlite_family(stage))
+        else:
+            digest, size = _verify_and_hash(tmp, verify, source)
         verify_seconds = time.monotonic() - started - copy_seconds
         final, sidecar = _publish(tmp, final, digest if checksum else None, named_here)
     except BaseException as exc:
-        if tmp is not None:
-            durable.remove_if_present(*durable.sqlite_family(tmp))
+        for leftover in (tmp, stage):
+            if leftover is not None:
+                durable.remove_if_present(*durable.sqlite_family(leftover))
         if isinstance(exc, apsw.Error | OSError):
             raise _io_error(exc, final, source) from exc
         raise
@@ -148,8 +169,9 @@ def backup(
         checkpoint.finish()
         # Last: closing any descriptor of a file drops the process's POSIX
         # locks on it, and SQLite's connections to it are all closed by now.
-        if held is not None:
-            os.close(held)
+        for fd in (held, stage_held):
+            if fd is not None:
+                os.close(fd)
     result = BackupResult(
         final,
         sidecar,
@@ -194,7 +216,23 @@ def _checked_source(data_dir: DataDir) -> Path:
     return source
 
 
-def _destination(out: Path, directory: bool) -> tuple[Path, bool]:
+def _seal(
+    stage: Path, tmp: Path, level: str, source: Path, recipients: list[Any]
+) -> tuple[str, int]:
+    """Encrypt the private plaintext copy into the destination's temporary
+    file (the only bytes the destination ever sees) while the copy is
+    checked beside it: a failed check means the ciphertext is never
+    published. Then hash (from the page cache) and fsync the ciphertext
+    side by side. (sha256, size) of the sealed bytes."""
+    with ThreadPoolExecutor(max_workers=2, initializer=lower_thread_priority) as pool:
+        checked = pool.submit(_check_copy, stage, level, source)
+        sealed = pool.submit(seal.encrypt, stage, tmp, recipients)
+        checked.result()
+        sealed.result()
+    return _verify_and_hash(tmp, "none", source)
+
+
+def _destination(out: Path, directory: bool, *, sealed: bool = False) -> tuple[Path, bool]:
     """The final path, and whether we picked its name inside a directory."""
     if directory and not out.is_dir():
         problem = "is not a directory" if os.path.lexists(out) else "does not exist"
@@ -207,10 +245,10 @@ def _destination(out: Path, directory: bool) -> tuple[Path, bool]:
     if out.is_dir():
         sweep_orphan_sidecars(out)
         now = datetime.now(UTC)
-        final = out / backup_name(now)
+        final = out / backup_name(now, sealed=sealed)
         if os.path.lexists(final) or os.path.lexists(sidecar_path(final)):
             # A second backup in the same second: keep the name RFC3339.
-            final = out / backup_name(now, precise=True)
+            final = out / backup_name(now, precise=True, sealed=sealed)
     else:
         final = out
         if set(final.name) & UNSIDECARABLE:
@@ -241,12 +279,14 @@ def _destination(out: Path, directory: bool) -> tuple[Path, bool]:
     return final, out.is_dir()
 
 
-def _create_temp(directory: Path) -> tuple[Path, int]:
+def _create_temp(
+    directory: Path, prefix: str = TEMP_PREFIX, suffix: str = ".tmp"
+) -> tuple[Path, int]:
     """The hidden file the copy goes to, and a descriptor holding an flock on
     it for the whole backup: what tells a live backup's file from one a
     killed backup left (see :func:`sweep_stale_temps`)."""
     try:
-        path = durable.create_exclusive(directory, TEMP_PREFIX, ".tmp")
+        path = durable.create_exclusive(directory, prefix, suffix)
         held = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise _io_error(exc, directory) from exc
@@ -257,7 +297,7 @@ def _create_temp(directory: Path) -> tuple[Path, int]:
     return path, held
 
 
-def sweep_stale_temps(directory: Path) -> list[Path]:
+def sweep_stale_temps(directory: Path, pattern: re.Pattern[str] = _TEMP_NAME) -> list[Path]:
     """Remove what killed backups left in ``directory``: a hidden
     ``.portunus-backup-*.tmp`` (and its ``-journal``) that no live backup
     holds locked and that nothing has written for ``STALE_TEMP_SECS``.
@@ -270,7 +310,7 @@ def sweep_stale_temps(directory: Path) -> list[Path]:
     removed: list[Path] = []
     try:
         with os.scandir(directory) as scan:
-            candidates = [e for e in scan if _TEMP_NAME.fullmatch(e.name)]
+            candidates = [e for e in scan if pattern.fullmatch(e.name)]
     except OSError:
         return removed
     now = time.time()
@@ -303,7 +343,7 @@ def sweep_stale_temps(directory: Path) -> list[Path]:
 def _copy(
     source: Path,
     tmp: Path,
-    tmp_fd: int,
+    tmp_fd: int | None,
     progress: Progress | None,
     on_snapshot_released: Callable[[], None],
 ) -> _Copy:
@@ -361,7 +401,7 @@ def _open_snapshot(source: Path) -> apsw.Connection:
 
 
 def _step_until_done(
-    dst: apsw.Connection, src: apsw.Connection, dst_fd: int, progress: Progress | None
+    dst: apsw.Connection, src: apsw.Connection, dst_fd: int | None, progress: Progress | None
 ) -> tuple[int, int]:
     """Copy ``STEP_PAGES`` at a time; after each step the kernel starts
     writing them out, so the final fsync finds a small backlog instead of
@@ -382,7 +422,8 @@ def _step_until_done(
                 # benchmarks prove it.
                 restarts += 1
             copied_before = copied
-            durable.start_writeback(dst_fd)
+            if dst_fd is not None:
+                durable.start_writeback(dst_fd)
             if progress:
                 progress(copied, step.page_count)
             if done:
@@ -395,24 +436,28 @@ def _verify_and_hash(tmp: Path, level: str, source: Path) -> tuple[str, int]:
     snapshot is already released, so a slower check costs nothing, while a
     server on the same machine keeps its share of the cores."""
     with ThreadPoolExecutor(max_workers=3, initializer=lower_thread_priority) as pool:
-        checked = pool.submit(artefact.check_integrity, tmp, level, event="backup.verify_failed")
+        checked = pool.submit(_check_copy, tmp, level, source)
         hashed = pool.submit(sha256_file, tmp)
         flushed = pool.submit(durable.fsync_path, tmp)
-        try:
-            checked.result()
-        except NotAStateDatabase as found:
-            # The temp file is gone by the time this is read; what failed is
-            # a page-for-page copy of the live store, so name the store.
-            raise NotAStateDatabase(
-                f"the copy of {source} failed its check: {found.message}",
-                event="backup.verify_failed",
-                hint="the live store is probably damaged: stop the server and restore a "
-                "backup (if `verify` of a fresh backup elsewhere passes, suspect this disk); "
-                "nothing was published",
-                path=str(source),
-            ) from found
+        checked.result()
         flushed.result()
         return hashed.result()
+
+
+def _check_copy(copy: Path, level: str, source: Path) -> None:
+    try:
+        artefact.check_integrity(copy, level, event="backup.verify_failed")
+    except NotAStateDatabase as found:
+        # The temp file is gone by the time this is read; what failed is
+        # a page-for-page copy of the live store, so name the store.
+        raise NotAStateDatabase(
+            f"the copy of {source} failed its check: {found.message}",
+            event="backup.verify_failed",
+            hint="the live store is probably damaged: stop the server and restore a "
+            "backup (if `verify` of a fresh backup elsewhere passes, suspect this disk); "
+            "nothing was published",
+            path=str(source),
+        ) from found
 
 
 def lower_thread_priority(increment: int = BACKGROUND_NICE) -> None:
@@ -493,7 +538,8 @@ def _publish(
             # A concurrent backup into the same directory took the name since
             # we chose it. The operator named only the directory, so a clash
             # is ours to resolve: take a fresher (sub-second) name.
-            final = final.parent / backup_name(datetime.now(UTC), precise=True)
+            sealed = final.name.endswith(seal.SEALED_SUFFIX)
+            final = final.parent / backup_name(datetime.now(UTC), precise=True, sealed=sealed)
     raise AssertionError("unreachable")
 
 

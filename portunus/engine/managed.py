@@ -25,7 +25,7 @@ from typing import Any
 from portunus import metrics_textfile, testpoints
 from portunus.datadir import DataDir
 from portunus.engine import backup as backup_engine
-from portunus.engine import retention
+from portunus.engine import retention, seal
 from portunus.errors import PortunusError, StorageIOError, UsageError
 
 
@@ -40,6 +40,8 @@ class ManagedOptions:
     policy: retention.Policy = field(default_factory=retention.Policy)
     metrics_textfile: Path | None = None
     progress: backup_engine.Progress | None = None
+    # age recipients (engine.seal): non-empty seals every managed backup.
+    recipients: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,10 +89,14 @@ _STEP = {"prune": "pruning", "metrics": "the metrics write"}
 
 
 def options_from_settings(
-    settings: Any, *, progress: backup_engine.Progress | None = None
+    settings: Any,
+    *,
+    progress: backup_engine.Progress | None = None,
+    recipients: list[Any] | None = None,
 ) -> ManagedOptions:
     """The managed backup ``server.toml`` describes (``settings`` is a
-    config.Settings, or anything with its ``get``)."""
+    config.Settings, or anything with its ``get``); ``recipients`` given on
+    the command line replace ``[backup] encrypt_to``/``recipients_file``."""
     directory = settings.get("backup.dir")
     if not directory:
         raise UsageError(
@@ -105,6 +111,7 @@ def options_from_settings(
         policy=retention.policy_from_settings(settings),
         metrics_textfile=Path(textfile).expanduser() if textfile else None,
         progress=progress,
+        recipients=tuple(seal.from_settings(settings) if recipients is None else recipients),
     )
 
 
@@ -120,6 +127,7 @@ def managed_backup(data_dir: DataDir, options: ManagedOptions) -> ManagedBackup:
             progress=options.progress,
             # A missing [backup].dir is 74, never a file of its name.
             directory=True,
+            recipients=list(options.recipients),
         )
     except PortunusError:
         # Best effort: the backup's own error is what the operator must see.

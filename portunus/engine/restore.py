@@ -12,15 +12,23 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import apsw
 import structlog
 
 from portunus import durable
 from portunus.datadir import DataDir, remove_created_dirs
-from portunus.engine import artefact
+from portunus.engine import artefact, retention, seal
 from portunus.engine.checksum import CHUNK, ensure_matches
-from portunus.errors import NotAStateDatabase, PortunusError, StorageIOError, WouldOverwrite
+from portunus.errors import (
+    InputMissing,
+    NotAStateDatabase,
+    PortunusError,
+    StorageIOError,
+    UsageError,
+    WouldOverwrite,
+)
 from portunus.ownership import give_to_directory_owner
 from portunus.store import migrations
 from portunus.store.connection import close_quietly, describe_failure, open_standalone, open_store
@@ -61,7 +69,12 @@ class RestoreResult:
 
 
 def restore(
-    data_dir: DataDir, source: Path, *, force: bool = False, adopt: bool = False
+    data_dir: DataDir,
+    source: Path,
+    *,
+    force: bool = False,
+    adopt: bool = False,
+    identities: list[Any] | None = None,
 ) -> RestoreResult:
     """Restore ``source`` into ``data_dir``. Checks, in order: input exists
     (5), SQLite header and no live -wal (7), the data dir's filesystem (78),
@@ -72,18 +85,33 @@ def restore(
 
     ``adopt``: ``source`` is already a staging file of this data dir (a
     replica restored by Litestream), checked and swapped in where it is
-    rather than copied first; it is removed whatever the outcome."""
-    artefact.require_sqlite_file(
-        source,
-        op="restore",
-        missing_event="restore.input_missing",
-        not_sqlite_event="restore.not_sqlite",
-        io_event="restore.io_error",
-        live_wal_event="restore.input_has_wal",
-    )
+    rather than copied first; it is removed whatever the outcome.
+
+    A sealed ``source`` (age) needs ``identities`` (engine.seal): it is
+    decrypted straight into the staged copy inside the data dir, so its
+    plaintext never lives anywhere else; a wrong identity or a damaged
+    file is 7 ``restore.decrypt_failed``."""
+    if _is_sealed(source):
+        if not identities:
+            raise UsageError(
+                f"{source} is a sealed (age-encrypted) backup: restoring it needs --identity",
+                event="restore.identity_required",
+                hint="pass --identity FILE: the age identity (or SSH private key) it was sealed to",
+                path=str(source),
+            )
+    else:
+        identities = None  # a plain backup needs no key
+        artefact.require_sqlite_file(
+            source,
+            op="restore",
+            missing_event="restore.input_missing",
+            not_sqlite_event="restore.not_sqlite",
+            io_event="restore.io_error",
+            live_wal_event="restore.input_has_wal",
+        )
     created = data_dir.prepare_for_store()
     try:
-        result = _restore_locked(data_dir, source, force, adopt)
+        result = _restore_locked(data_dir, source, force, adopt, identities)
     except BaseException:
         remove_created_dirs(created)
         raise
@@ -91,14 +119,59 @@ def restore(
     return result
 
 
-def _restore_locked(data_dir: DataDir, source: Path, force: bool, adopt: bool) -> RestoreResult:
+def _is_sealed(source: Path) -> bool:
+    """Starts with age's header; a missing or unreadable file is left to
+    the ordinary checks to report."""
+    try:
+        return os.path.isfile(source) and seal.is_sealed(source)
+    except OSError:
+        return False
+
+
+def restore_latest(
+    data_dir: DataDir,
+    directory: Path,
+    *,
+    force: bool = False,
+    identities: list[Any] | None = None,
+) -> RestoreResult:
+    """Restore the newest backup in ``directory`` that passes its checks. A
+    newest one that fails them (7: damaged, a checksum mismatch, a wrong
+    identity) is skipped with a warning naming it; any other refusal (6,
+    75, 74, a sealed one without an identity: 2) stops here."""
+    found = sorted(retention.scan(directory).backups, key=lambda b: b.time, reverse=True)
+    for candidate in found:
+        path = directory / candidate.name
+        try:
+            return restore(data_dir, path, force=force, identities=identities)
+        except NotAStateDatabase as refused:
+            log.warning(
+                "restore.latest_skipped",
+                msg=f"skipped {candidate.name}: it failed its checks ({refused.message})",
+                path=str(path),
+                reason=refused.event,
+            )
+    raise InputMissing(
+        f"no backup in {directory} passes its checks ({len(found)} found)",
+        event="restore.no_good_backup",
+        hint="see the restore.latest_skipped warnings; restore an older copy with --in",
+        path=str(directory),
+        found=len(found),
+    )
+
+
+def _restore_locked(
+    data_dir: DataDir, source: Path, force: bool, adopt: bool, identities: list[Any] | None
+) -> RestoreResult:
     # A refusal leaves no lock file where there was none: StoreLock removes
     # the one it created when the block ends in an exception.
     with StoreLock(data_dir.lock, "restore"):
-        return _restore_held(data_dir, source, force, adopt)
+        return _restore_held(data_dir, source, force, adopt, identities)
 
 
-def _restore_held(data_dir: DataDir, source: Path, force: bool, adopt: bool) -> RestoreResult:
+def _restore_held(
+    data_dir: DataDir, source: Path, force: bool, adopt: bool, identities: list[Any] | None
+) -> RestoreResult:
     existed = os.path.lexists(data_dir.state_db)
     if existed and not force:
         raise WouldOverwrite(
@@ -118,7 +191,7 @@ def _restore_held(data_dir: DataDir, source: Path, force: bool, adopt: bool) -> 
         if adopt:
             result = _check_in_place(staged, data_dir, existed)
         else:
-            result = _stage_and_check(source, staged, data_dir, existed)
+            result = _stage_and_check(source, staged, data_dir, existed, identities)
         _swap_in(staged, data_dir)
     except BaseException as exc:
         durable.remove_if_present(*durable.sqlite_family(staged))
@@ -128,11 +201,26 @@ def _restore_held(data_dir: DataDir, source: Path, force: bool, adopt: bool) -> 
     return result
 
 
-def _stage_and_check(source: Path, staged: Path, data_dir: DataDir, existed: bool):
+def _stage_and_check(
+    source: Path, staged: Path, data_dir: DataDir, existed: bool, identities: list[Any] | None
+):
     expected = artefact.expected_checksum(
         source, mismatch_event="restore.checksum_mismatch", absent_event="restore.checksum_absent"
     )
-    digest, size = _copy_hashing(source, staged)
+    if identities:
+        # The sidecar covers the sealed bytes: checked before decrypting.
+        digest, size = _hash(source)
+        ensure_matches(source, expected, digest, event="restore.checksum_mismatch")
+        seal.decrypt(source, staged, identities, event="restore.decrypt_failed", name=source)
+        if not has_sqlite_header(staged):
+            raise NotAStateDatabase(
+                f"{source} decrypts to something that is not a SQLite database",
+                event="restore.not_sqlite",
+                hint="this is not a sealed Portunus backup",
+                path=str(source),
+            )
+    else:
+        digest, size = _copy_hashing(source, staged)
     ensure_matches(source, expected, digest, event="restore.checksum_mismatch")
     before, after = _check_and_migrate(staged, source)
     durable.fsync_path(staged)

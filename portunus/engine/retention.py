@@ -15,7 +15,9 @@ everything. :func:`plan` is pure (names and times in, decisions out);
 :func:`scan` reads a directory and :func:`apply` removes files.
 
 Only regular files named ``portunus-state-<RFC3339 UTC>.db`` whose first 16
-bytes are the SQLite header are candidates. A file with such a name that is
+bytes are the SQLite header, and sealed ones named ``….db.age`` that start
+with age's header (``age-encryption.org/v1``), are candidates: retention
+counts both alike. A file with such a name that is
 not SQLite (an "impostor") is reported and never removed; nothing else in
 the directory is ever touched, including orphaned ``.sha256`` sidecars and
 temporary files of a backup in progress.
@@ -45,8 +47,11 @@ log = structlog.get_logger()
 
 # What portunus.engine.backup.backup_name writes: seconds, or microseconds
 # when two backups land in the same second.
-BACKUP_NAME = re.compile(r"portunus-state-(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d{6})?Z\.db")
-NAME_ALIKE = re.compile(r"portunus-state-.*\.db")
+BACKUP_NAME = re.compile(
+    r"portunus-state-(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d{6})?Z\.db(\.age)?"
+)
+NAME_ALIKE = re.compile(r"portunus-state-.*\.db(\.age)?")
+AGE_HEADER = b"age-encryption.org/v1\n"  # engine.seal's; a sealed backup starts with it
 RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly", "within")
 
 
@@ -101,6 +106,10 @@ class Backup:
     time: datetime
     bytes: int = 0
     sidecar_bytes: int | None = None  # None when it has no sidecar
+
+    @property
+    def sealed(self) -> bool:
+        return self.name.endswith(".age")
 
 
 @dataclass(frozen=True)
@@ -305,7 +314,9 @@ def _inspect(directory: Path, name: str, at: datetime) -> Backup | Impostor:
         st = os.lstat(path)
         if not _is_regular(st.st_mode):
             return Impostor(name, "not a regular file (a symlink, directory or device)")
-        if not has_sqlite_header(path):
+        if not _has_its_header(path):
+            if name.endswith(".age"):
+                return Impostor(name, "does not start with the age header")
             return Impostor(name, "does not start with the SQLite header")
     except FileNotFoundError:
         return Impostor(name, "vanished while the directory was read")
@@ -361,9 +372,21 @@ def apply(directory: Path, decisions: Iterable[Decision], report: PruneReport) -
 
 def _still_a_backup(path: Path) -> bool:
     try:
-        return has_sqlite_header(path)
+        return _has_its_header(path)
     except OSError:
         return False
+
+
+def _has_its_header(path: Path) -> bool:
+    """SQLite's header for a ``.db``, age's for a sealed ``.db.age``;
+    a symlink is never followed (OSError)."""
+    if not path.name.endswith(".age"):
+        return has_sqlite_header(path)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        return os.pread(fd, len(AGE_HEADER), 0) == AGE_HEADER
+    finally:
+        os.close(fd)
 
 
 def _remove(path: Path, *, regular_only: bool = False) -> int:

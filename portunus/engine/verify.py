@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import apsw
 import structlog
 
-from portunus.engine import artefact
+from portunus.engine import artefact, seal
 from portunus.engine.checksum import ensure_matches, sha256_file
-from portunus.errors import NotAStateDatabase
+from portunus.errors import NotAStateDatabase, StorageIOError
 from portunus.store import migrations
 from portunus.store.connection import open_artefact
+from portunus.store.sqlitefile import has_sqlite_header
 
 log = structlog.get_logger()
 
@@ -23,10 +28,11 @@ class VerifyResult:
     bytes: int
     sha256: str
     checksum: str  # "ok" or "absent"
-    integrity: str
-    schema_version: int
+    integrity: str  # "ok", or "not checked" (a sealed backup without an identity)
+    schema_version: int | None
     binary_schema_version: int
     rows: dict[str, int]
+    sealed: bool = False
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -38,12 +44,23 @@ class VerifyResult:
             "schema_version": self.schema_version,
             "binary_schema_version": self.binary_schema_version,
             "rows": self.rows,
+            "sealed": self.sealed,
+            "content_checked": self.integrity == "ok",
         }
 
 
-def verify(path: Path) -> VerifyResult:
+def verify(
+    path: Path, *, identities: list[Any] | None = None, stage_in: Path | None = None
+) -> VerifyResult:
     """Header, no live -wal, checksum sidecar (a warning when absent),
-    integrity_check, schema version, row counts. Never writes to ``path``."""
+    integrity_check, schema version, row counts. Never writes to ``path``.
+
+    A sealed ``path`` (age): its checksum, then with ``identities`` every
+    other check on a decrypted copy in a private (0700) directory made
+    inside ``stage_in`` (the data dir, when there is one) and removed
+    after; without them, the checksum only, said plainly."""
+    if _is_sealed(path):
+        return _verify_sealed(path, identities, stage_in)
     artefact.require_sqlite_file(
         path,
         op="verify",
@@ -58,6 +75,18 @@ def verify(path: Path) -> VerifyResult:
     digest, size = sha256_file(path)
     ensure_matches(path, expected, digest, event="verify.checksum_mismatch")
     version, rows = _inspect(path)
+    return _report(path, size, digest, expected, version, rows)
+
+
+def _report(
+    path: Path,
+    size: int,
+    digest: str,
+    expected: str | None,
+    version: int,
+    rows: dict[str, int],
+    sealed: bool = False,
+) -> VerifyResult:
     result = VerifyResult(
         path,
         size,
@@ -67,6 +96,7 @@ def verify(path: Path) -> VerifyResult:
         version,
         migrations.binary_schema_version(),
         rows,
+        sealed,
     )
     if version > result.binary_schema_version:
         log.warning(
@@ -81,19 +111,84 @@ def verify(path: Path) -> VerifyResult:
     return result
 
 
-def _inspect(path: Path) -> tuple[int, dict[str, int]]:
+def _is_sealed(path: Path) -> bool:
+    try:
+        return os.path.isfile(path) and seal.is_sealed(path)
+    except OSError:
+        return False  # the ordinary checks report it
+
+
+def _checked_sealed(path: Path) -> tuple[str, int, str | None]:
+    expected = artefact.expected_checksum(
+        path, mismatch_event="verify.checksum_mismatch", absent_event="verify.checksum_absent"
+    )
+    try:
+        digest, size = sha256_file(path)
+    except OSError as exc:
+        raise StorageIOError(
+            f"cannot read {path}: {exc.strerror}",
+            event="verify.io_error",
+            hint="check the file's permissions",
+            path=str(path),
+        ) from exc
+    ensure_matches(path, expected, digest, event="verify.checksum_mismatch")
+    return digest, size, expected
+
+
+def _verify_sealed(path: Path, identities: list[Any] | None, stage_in: Path | None) -> VerifyResult:
+    digest, size, expected = _checked_sealed(path)
+    if not identities:
+        result = VerifyResult(
+            path,
+            size,
+            digest,
+            "ok" if expected else "absent",
+            "not checked",
+            None,
+            migrations.binary_schema_version(),
+            {},
+            True,
+        )
+        log.warning(
+            "verify.content_unchecked",
+            msg="sealed backup: only its checksum was checked; its content was NOT checked",
+            hint="pass --identity FILE to decrypt it and check everything",
+            **result.as_dict(),
+        )
+        return result
+    private = Path(tempfile.mkdtemp(prefix=".verify-", dir=stage_in))  # mode 0700
+    try:
+        plain = private / "decrypted.db"
+        seal.decrypt(path, plain, identities, event="verify.decrypt_failed", name=path)
+        if not has_sqlite_header(plain):
+            raise NotAStateDatabase(
+                f"{path} decrypts to something that is not a SQLite database",
+                event="verify.not_sqlite",
+                hint="this is not a sealed Portunus backup",
+                path=str(path),
+            )
+        version, rows = _inspect(plain, name=path)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+    return _report(path, size, digest, expected, version, rows, sealed=True)
+
+
+def _inspect(path: Path, name: Path | None = None) -> tuple[int, dict[str, int]]:
+    """Checks of the database at ``path``; findings name ``name`` (the
+    operator's file, when ``path`` is its decrypted copy)."""
+    name = name or path
     try:
         conn = open_artefact(path)
     except apsw.Error as exc:
         raise NotAStateDatabase(
-            f"{path} cannot be opened: {exc}",
+            f"{name} cannot be opened: {exc}",
             event="verify.integrity_failed",
             hint="the file is damaged; use another backup",
-            path=str(path),
+            path=str(name),
         ) from exc
     try:
-        artefact.check_connection_integrity(conn, path, "full", "verify.integrity_failed")
-        version = artefact.portunus_schema_version(conn, path, event="verify.not_portunus_store")
+        artefact.check_connection_integrity(conn, name, "full", "verify.integrity_failed")
+        version = artefact.portunus_schema_version(conn, name, event="verify.not_portunus_store")
         return version, _row_counts(conn)
     finally:
         conn.close()

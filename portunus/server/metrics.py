@@ -161,14 +161,15 @@ def render_store(facts: StoreFacts) -> list[str]:
 
 
 def newest_backup_age(backup_dir: str | None) -> float | None:
-    """Seconds since the newest ``portunus-state-*.db`` in ``backup_dir`` was written."""
+    """Seconds since the newest ``portunus-state-*.db`` (or sealed ``.db.age``) in
+    ``backup_dir`` was written."""
     if not backup_dir:
         return None
     newest = None
     try:
         with os.scandir(Path(backup_dir).expanduser()) as entries:
             for entry in entries:
-                if entry.name.startswith(BACKUP_PREFIX) and entry.name.endswith(".db"):
+                if entry.name.startswith(BACKUP_PREFIX) and entry.name.endswith((".db", ".db.age")):
                     mtime = entry.stat(follow_symlinks=False).st_mtime
                     newest = mtime if newest is None else max(newest, mtime)
     except OSError:

@@ -35,6 +35,26 @@ def test_precise_backup_name_keeps_microseconds():
     assert parse_backup_name(Path(name)) == at
 
 
+def test_a_backup_never_dates_itself_before_a_sibling_of_the_same_second(store, tmp_path):
+    """Pruning can free the seconds-only name of a second that still holds a
+    sub-second sibling; a backup that took it would be dated .000000, look
+    older than that sibling, and be pruned as the oldest at once (seen as a
+    flaky keep_last test). With any backup already in its second, a new one
+    takes a sub-second name, so it sorts after it."""
+    out = tmp_path / "backups"
+    out.mkdir()
+    start = datetime.now(UTC).replace(microsecond=0)
+    for ahead in range(10):  # a sibling in the backup's own second, whenever it starts
+        stamp = start + timedelta(seconds=ahead)
+        (out / backup_engine.backup_name(stamp, precise=True)).write_bytes(b"")
+    made = backup_engine.backup(store, out)
+    when = parse_backup_name(made.path)
+    sibling = out / backup_engine.backup_name(when.replace(microsecond=0), precise=True)
+    assert sibling.exists() and sibling != made.path
+    # Dated after its sibling (a seconds-only name would parse as .000000).
+    assert when > parse_backup_name(sibling), made.path.name
+
+
 def test_backups_racing_into_one_directory_all_publish(store, tmp_path):
     """Eight backups released at once into one directory: eight files, no refusal."""
     out = tmp_path / "backups"

@@ -232,6 +232,20 @@ def _seal(
     return _verify_and_hash(tmp, "none", source)
 
 
+def _second_taken(directory: Path, now: datetime) -> bool:
+    """Whether any backup (plain or sealed, seconds or sub-second name) in
+    ``directory`` is already dated within ``now``'s second. Then the new one
+    takes a sub-second name: a seconds-only name would date it .000000,
+    older than a sub-second sibling, and retention would take the newest
+    backup for an old one (a name freed by pruning must not be reused)."""
+    second = backup_name(now).removesuffix("Z.db")
+    try:
+        with os.scandir(directory) as entries:
+            return any(e.name.startswith(second) for e in entries)
+    except OSError:
+        return False
+
+
 def _destination(out: Path, directory: bool, *, sealed: bool = False) -> tuple[Path, bool]:
     """The final path, and whether we picked its name inside a directory."""
     if directory and not out.is_dir():
@@ -245,10 +259,8 @@ def _destination(out: Path, directory: bool, *, sealed: bool = False) -> tuple[P
     if out.is_dir():
         sweep_orphan_sidecars(out)
         now = datetime.now(UTC)
-        final = out / backup_name(now, sealed=sealed)
-        if os.path.lexists(final) or os.path.lexists(sidecar_path(final)):
-            # A second backup in the same second: keep the name RFC3339.
-            final = out / backup_name(now, precise=True, sealed=sealed)
+        precise = _second_taken(out, now)
+        final = out / backup_name(now, precise=precise, sealed=sealed)
     else:
         final = out
         if set(final.name) & UNSIDECARABLE:

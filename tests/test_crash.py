@@ -4,7 +4,6 @@ sits under a backup's final name."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import re
@@ -21,6 +20,7 @@ from pathlib import Path
 import apsw
 import pytest
 
+from bench.reliability import content_digest
 from portunus import testpoints
 from portunus.datadir import DataDir
 from portunus.engine import restore as restore_engine
@@ -68,31 +68,6 @@ def build_store(data_dir: DataDir, marker: str, rows: int) -> DataDir:
     finally:
         conn.close()
     return data_dir
-
-
-def content_digest(conn: apsw.Connection) -> str:
-    """Every row of every table, independent of page layout and row order."""
-    total = hashlib.sha256()
-    tables = [
-        r[0]
-        for r in conn.execute(
-            "SELECT name FROM sqlite_schema WHERE type='table' AND name NOT LIKE 'sqlite_%' "
-            "ORDER BY name"
-        )
-    ]
-    for table in tables:
-        rows = sorted(_row_digest(row) for row in conn.execute(f'SELECT * FROM "{table}"'))
-        total.update(table.encode())
-        total.update(b"".join(rows))
-    return total.hexdigest()
-
-
-def _row_digest(row: tuple) -> bytes:
-    h = hashlib.sha256()
-    for value in row:
-        h.update(value if isinstance(value, bytes) else repr(value).encode())
-        h.update(b"\x00")
-    return h.digest()
 
 
 def open_state(state_db: Path) -> tuple[str, str]:

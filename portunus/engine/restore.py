@@ -211,14 +211,14 @@ def _stage_and_check(
         # The sidecar covers the sealed bytes: checked before decrypting.
         digest, size = _hash(source)
         ensure_matches(source, expected, digest, event="restore.checksum_mismatch")
-        seal.decrypt(source, staged, identities, event="restore.decrypt_failed", name=source)
-        if not has_sqlite_header(staged):
-            raise NotAStateDatabase(
-                f"{source} decrypts to something that is not a SQLite database",
-                event="restore.not_sqlite",
-                hint="this is not a sealed Portunus backup",
-                path=str(source),
-            )
+        seal.decrypt(
+            source,
+            staged,
+            identities,
+            event="restore.decrypt_failed",
+            name=source,
+            not_sqlite_event="restore.not_sqlite",
+        )
     else:
         digest, size = _copy_hashing(source, staged)
     ensure_matches(source, expected, digest, event="restore.checksum_mismatch")

@@ -27,6 +27,7 @@ from portunus.errors import (
     UsageError,
     WouldOverwrite,
 )
+from portunus.store.sqlitefile import has_sqlite_header
 
 AGE_HEADER = b"age-encryption.org/v1\n"
 SEALED_SUFFIX = ".age"
@@ -166,12 +167,21 @@ def encrypt(src: Path, dst: Path, to: list[Any]) -> None:
     pyrage.encrypt_file(str(src), str(dst), to)
 
 
-def decrypt(src: Path, dst: Path, identities: list[Any], *, event: str, name: Path) -> None:
+def decrypt(
+    src: Path,
+    dst: Path,
+    identities: list[Any],
+    *,
+    event: str,
+    name: Path,
+    not_sqlite_event: str | None = None,
+) -> None:
     """Decrypt ``src`` into the existing file ``dst`` (its mode and owner
     kept), streaming; the caller fsyncs what it keeps. 7 with ``event``
     for a wrong identity or a damaged file (age authenticates every 64 KiB
     chunk and the end, so a flipped byte or a truncation is caught). The
-    caller removes ``dst`` on failure: it may hold a prefix. pyrage's
+    caller removes ``dst`` on failure: it may hold a prefix. With
+    ``not_sqlite_event``, a plaintext without the SQLite header is 7 too. pyrage's
     file-to-file call, not its ``*_io`` one: both stream, and this one does
     its I/O in Rust (about a third faster)."""
     try:
@@ -182,6 +192,14 @@ def decrypt(src: Path, dst: Path, identities: list[Any], *, event: str, name: Pa
         if not _is_authentication_failure(exc):
             raise  # a real I/O error (disk full, permissions): the caller's 74
         raise _decrypt_failed(name, str(exc), event) from None
+    if not_sqlite_event and not has_sqlite_header(dst):
+        # Authentic age, but not what a sealed backup holds.
+        raise NotAStateDatabase(
+            f"{name} decrypts to something that is not a SQLite database",
+            event=not_sqlite_event,
+            hint="this is not a sealed Portunus backup",
+            path=str(name),
+        )
 
 
 def _is_authentication_failure(exc: OSError) -> bool:

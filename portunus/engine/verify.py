@@ -17,7 +17,6 @@ from portunus.engine.checksum import ensure_matches, sha256_file
 from portunus.errors import NotAStateDatabase, StorageIOError
 from portunus.store import migrations
 from portunus.store.connection import open_artefact
-from portunus.store.sqlitefile import has_sqlite_header
 
 log = structlog.get_logger()
 
@@ -159,14 +158,14 @@ def _verify_sealed(path: Path, identities: list[Any] | None, stage_in: Path | No
     private = Path(tempfile.mkdtemp(prefix=".verify-", dir=stage_in))  # mode 0700
     try:
         plain = private / "decrypted.db"
-        seal.decrypt(path, plain, identities, event="verify.decrypt_failed", name=path)
-        if not has_sqlite_header(plain):
-            raise NotAStateDatabase(
-                f"{path} decrypts to something that is not a SQLite database",
-                event="verify.not_sqlite",
-                hint="this is not a sealed Portunus backup",
-                path=str(path),
-            )
+        seal.decrypt(
+            path,
+            plain,
+            identities,
+            event="verify.decrypt_failed",
+            name=path,
+            not_sqlite_event="verify.not_sqlite",
+        )
         version, rows = _inspect(plain, name=path)
     finally:
         shutil.rmtree(private, ignore_errors=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import statistics
@@ -27,6 +28,8 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import structlog
 
 from bench import store_gen
 from portunus import durable
@@ -122,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int)
     parser.add_argument("--workdir", type=Path, default=Path("bench/work"))
     args = parser.parse_args(argv)
+    # The phases log as the commands do; only the table is wanted here.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     size = args.size_mib or (64 if args.quick else 1024)
     repeat = args.repeat or (1 if args.quick else 3)
     workdir = args.workdir.resolve()

@@ -75,6 +75,13 @@ def bench(
         if value is not None:
             flags.append(f"{flag} {value}")
     c.run(f"{sys.executable} -m bench.backup_bench {' '.join(flags)}", pty=False)
+    # Where the time goes: each backup and restore phase alone, then the commands.
+    size_flag = f" --size-mib {size_mib}" if size_mib else ""
+    c.run(
+        f"{sys.executable} -m bench.backup_profile --workdir {workdir}{size_flag}"
+        + (" --quick" if quick else ""),
+        pty=False,
+    )
     # Retention and config: prune plan over 10,000 backups, config show start-up.
     quick_flag = " --quick" if quick else ""
     c.run(f"{sys.executable} -m bench.prune_bench --workdir {workdir}{quick_flag}", pty=False)

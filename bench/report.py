@@ -16,6 +16,7 @@ LOAD_ORDER = ("portunus_backup", "sqlite3_backup", "stepped_100")
 SERVER_LIKE = "max, server-like"
 SERVER_LIKE_ORDER = ("portunus_backup",)
 RESTORE_ORDER = ("portunus_restore", "cp_fsync")
+RESTORE_LIMIT = 2.5  # issue 13: restore with every check <= 2.5x cp + fsync
 ENGINE_PHASES = (
     ("copy_seconds", "copy phase alone (JSON `copy_seconds`)"),
     ("verify_seconds", "verify + sha256 phase (JSON `verify_seconds`)"),
@@ -290,6 +291,22 @@ def _speed_goals(records: list[Record]) -> list[list[str]]:
     return rows
 
 
+def _restore_goals(records: list[Record]) -> list[list[str]]:
+    restore = median(_walls(runs(records, "restore", "portunus_restore")))
+    base = median(_walls(runs(records, "restore", "cp_fsync")))
+    if restore is None:
+        return []
+    r = ratio(restore, base)
+    return [
+        [
+            f"restore (process wall, every check) ÷ {LABELS['cp_fsync']} of the same file",
+            f"{fmt(restore)} s ÷ {fmt(base)} s = {fmt(r)}×",
+            f"≤ {RESTORE_LIMIT}×",
+            _met(None if r is None else r <= RESTORE_LIMIT),
+        ]
+    ]
+
+
 def _load_goals(records: list[Record]) -> list[list[str]]:
     rows = []
     for rate in load_rates(records):
@@ -338,6 +355,7 @@ def _rss_goals(records: list[Record]) -> list[list[str]]:
 
 GOALS: tuple[Callable[[list[Record]], list[list[str]]], ...] = (
     _speed_goals,
+    _restore_goals,
     _load_goals,
     _rss_goals,
 )

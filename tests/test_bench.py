@@ -63,6 +63,9 @@ def test_quick_run_prints_every_section_and_approach(quick_run):
     for label in LABELS.values():
         assert label in table
     assert "copy phase alone (JSON `copy_seconds`)" in table
+    # The regression guard: every goal's ratio, the restore's among them.
+    assert "| restore (process wall, every check) ÷ `cp` + fsync" in table
+    assert "| backup (process wall) ÷ `sqlite3 SRC .backup DST`, idle |" in table
     for rate in ("| 500/s |", "| max |", "| max, server-like |"):
         assert rate in table
 
@@ -129,3 +132,24 @@ def test_generated_store_is_a_portunus_store_reused_while_its_size_matches(tmp_p
         text=True,
     )
     assert verify.returncode == 0, verify.stderr
+
+
+def test_profile_times_every_phase_of_a_backup_and_a_restore(tmp_path: Path):
+    """bench.backup_profile prints each phase alone and the commands' walls."""
+    argv = [sys.executable, "-m", "bench.backup_profile", "--size-mib", "16", "--repeat", "1"]
+    proc = subprocess.run(
+        [*argv, "--workdir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    for phase in (
+        "| backup | copy (Backup API, held snapshot) |",
+        "| backup | quick_check |",
+        "| backup | sha256 |",
+        "| restore | copy (copy_file_range) |",
+        "| restore | integrity_check |",
+        "| restore | migration handshake (none due) |",
+        "| commands | ↳ start-up (wall − in-process) |",
+        "| commands | `portunus-server restore` process wall |",
+    ):
+        assert phase in proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]

@@ -18,6 +18,7 @@ import pytest
 
 from portunus.datadir import DataDir
 from portunus.engine import backup as backup_engine
+from portunus.engine import restore as restore_engine
 from portunus.store import migrations
 from portunus.store.lock import StoreLock
 from tests import support
@@ -688,6 +689,58 @@ def test_a_backup_missing_its_last_byte_beside_its_sidecar_exits_7(cli, store, b
     before = snapshot(store)
     run = restore(cli, store, backup_file, "--force")
     assert_refused_and_intact(run, 7, "restore.checksum_mismatch", store, before)
+
+
+def test_a_backup_on_another_filesystem_restores_with_its_checksum_checked(
+    cli, tmp_path, data_dir, backup_file
+):
+    """The kernel copy (copy_file_range) is refused between filesystems (EXDEV
+    from a tmpfs to the data dir's disk): the restore copies through its own
+    buffer instead, and the staged bytes still match the sidecar."""
+    with tmpfs(tmp_path / "media", "4m") as media:
+        for path in (backup_file, Path(f"{backup_file}.sha256")):
+            shutil.copy(path, media / path.name)
+        run = restore(cli, data_dir, media / backup_file.name, "--json")
+    assert run.code == 0, run.err
+    summary = json.loads(run.out)
+    assert summary["checksum_verified"] is True
+    assert summary["sha256"] == hashlib.sha256(backup_file.read_bytes()).hexdigest()
+    assert rows_by_table(data_dir.state_db) == rows_by_table(backup_file)
+    assert staged_leftovers(data_dir) == []
+
+
+def test_a_wal_format_copy_with_its_sidecar_restores_and_its_checksum_holds(
+    cli, tmp_path, source, data_dir
+):
+    """A stopped store copied with cp keeps a header that says WAL. The staged
+    copy is hashed while it is checked, so the check must not rewrite that
+    header (opening it read-write would switch it to rollback mode): the
+    digest is of the bytes as given, and matches their sidecar."""
+    copy = tmp_path / "cp-of-state.db"
+    shutil.copy(source.state_db, copy)
+    assert copy.read_bytes()[18:20] == b"\x02\x02"  # WAL
+    write_sidecar(copy)
+    run = restore(cli, data_dir, copy, "--json")
+    assert run.code == 0, run.err
+    summary = json.loads(run.out)
+    assert summary["checksum_verified"] is True
+    assert summary["sha256"] == hashlib.sha256(copy.read_bytes()).hexdigest()
+    assert client_names(data_dir.state_db) == client_names(copy)
+    assert staged_leftovers(data_dir) == []
+
+
+def test_the_check_that_runs_beside_the_hash_leaves_the_staged_bytes_alone(tmp_path, source):
+    """The integrity check runs while the staged copy is hashed: it must not
+    write a byte, not even the header switch to rollback mode a read-write
+    open makes on a WAL-format file, or the digest would depend on timing."""
+    staged = tmp_path / "staged.db"
+    shutil.copy(source.state_db, staged)
+    before = staged.read_bytes()
+    restore_engine._check_integrity(staged, tmp_path / "given.db")
+    assert staged.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("staged")) == [
+        "staged.db"
+    ]
 
 
 # --- the filesystem check every command that creates a store runs -------------------

@@ -7,9 +7,10 @@ old state or the new one, never a half-written file.
 
 from __future__ import annotations
 
-import hashlib
+import errno
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import structlog
 from portunus import durable
 from portunus.datadir import DataDir, remove_created_dirs
 from portunus.engine import artefact, retention, seal
-from portunus.engine.checksum import CHUNK, ensure_matches
+from portunus.engine.checksum import CHUNK, ensure_matches, sha256_file
 from portunus.errors import (
     InputMissing,
     NotAStateDatabase,
@@ -31,13 +32,22 @@ from portunus.errors import (
 )
 from portunus.ownership import give_to_directory_owner
 from portunus.store import migrations
-from portunus.store.connection import close_quietly, describe_failure, open_standalone, open_store
+from portunus.store.connection import (
+    close_quietly,
+    describe_failure,
+    open_artefact,
+    open_standalone,
+    open_store,
+)
 from portunus.store.lock import StoreLock
 from portunus.store.sqlitefile import has_sqlite_header
 
 log = structlog.get_logger()
 
 STAGE_PREFIX = ".restore-"
+COPY_CHUNK = 64 << 20  # writeback is started after each chunk the kernel copies
+# copy_file_range(2) refused for this pair of files: copy through userspace.
+_NO_COPY_FILE_RANGE = frozenset({errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL})
 _STAGE_NAME = re.compile(
     # .tmp: the file Litestream writes a restore from a replica into first.
     durable.exclusive_name_pattern(STAGE_PREFIX, ".db") + r"(?:-journal|-wal|-shm|\.tmp)?"
@@ -209,7 +219,7 @@ def _stage_and_check(
     )
     if identities:
         # The sidecar covers the sealed bytes: checked before decrypting.
-        digest, size = _hash(source)
+        digest, size = sha256_file(source)
         ensure_matches(source, expected, digest, event="restore.checksum_mismatch")
         seal.decrypt(
             source,
@@ -219,10 +229,11 @@ def _stage_and_check(
             name=source,
             not_sqlite_event="restore.not_sqlite",
         )
+        _check_integrity(staged, source)
     else:
-        digest, size = _copy_hashing(source, staged)
-    ensure_matches(source, expected, digest, event="restore.checksum_mismatch")
-    before, after = _check_and_migrate(staged, source)
+        _copy_file(source, staged)
+        digest, size = _check_and_hash(staged, source, expected)
+    before, after = _migrate(staged, source)
     durable.fsync_path(staged)
     return RestoreResult(
         data_dir.state_db, source, size, digest, expected is not None, before, after, existed
@@ -230,43 +241,75 @@ def _stage_and_check(
 
 
 def _check_in_place(staged: Path, data_dir: DataDir, existed: bool) -> RestoreResult:
-    digest, size = _hash(staged)
-    before, after = _check_and_migrate(staged, staged)
+    digest, size = _check_and_hash(staged, staged, None)
+    before, after = _migrate(staged, staged)
     durable.fsync_path(staged)
     return RestoreResult(data_dir.state_db, staged, size, digest, False, before, after, existed)
 
 
-def _hash(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as src:
-        while chunk := src.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
-
-
-def _copy_hashing(source: Path, staged: Path) -> tuple[str, int]:
-    """Copy in 1 MiB chunks, hashing exactly the bytes written."""
-    digest = hashlib.sha256()
-    size = 0
+def _copy_file(source: Path, staged: Path) -> None:
+    """Copy in the kernel (copy_file_range), starting the writeback after
+    each chunk so the fsync that follows finds a small backlog. Where the
+    kernel or filesystems refuse it (another filesystem, an old kernel),
+    1 MiB reads and writes through one reused buffer: memory stays flat."""
     with open(source, "rb") as src, open(staged, "wb") as dst:
-        while chunk := src.read(CHUNK):
-            digest.update(chunk)
-            dst.write(chunk)
-            size += len(chunk)
-        dst.flush()
-        os.fsync(dst.fileno())
-    return digest.hexdigest(), size
+        done = 0
+        try:
+            if not hasattr(os, "copy_file_range"):
+                raise OSError(errno.ENOSYS, "no copy_file_range")
+            while copied := os.copy_file_range(src.fileno(), dst.fileno(), COPY_CHUNK):
+                done += copied
+                durable.start_writeback(dst.fileno())
+        except OSError as exc:
+            if done or exc.errno not in _NO_COPY_FILE_RANGE:
+                raise
+            _copy_by_chunks(src, dst)
 
 
-def _check_and_migrate(staged: Path, source: Path) -> tuple[int, int]:
-    conn = None
+def _copy_by_chunks(src, dst) -> None:
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    while read := src.readinto(buffer):
+        dst.write(view[:read])
+    dst.flush()
+
+
+def _check_and_hash(staged: Path, source: Path, expected: str | None) -> tuple[str, int]:
+    """integrity_check, sha256 and fsync of the staged copy side by side
+    (one core checks, the other hashes, the disk flushes), on a read-only
+    connection so nothing changes the bytes being hashed. A checksum
+    mismatch is reported before any finding of the check, as a damaged
+    transfer is the likelier cause of both."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        hashed = pool.submit(sha256_file, staged)
+        flushed = pool.submit(durable.fsync_path, staged)
+        failure = None
+        try:
+            _check_integrity(staged, source)
+        except (PortunusError, apsw.Error) as exc:
+            failure = exc
+        digest, size = hashed.result()
+        ensure_matches(source, expected, digest, event="restore.checksum_mismatch")
+        if failure is not None:
+            raise failure
+        flushed.result()
+        return digest, size
+
+
+def _check_integrity(staged: Path, source: Path) -> None:
+    conn = open_artefact(staged)
     try:
-        conn = open_standalone(staged)
         # Every finding names the operator's --in file, not the staged copy:
         # that name means nothing to them and is gone once the command ends.
         artefact.check_connection_integrity(conn, source, "full", "restore.integrity_failed")
+    finally:
+        close_quietly(conn)
+
+
+def _migrate(staged: Path, source: Path) -> tuple[int, int]:
+    conn = None
+    try:
+        conn = open_standalone(staged)
         before = artefact.portunus_schema_version(conn, source, event="restore.not_portunus_store")
         # The handshake refuses a too-new schema (78) and migrates forward in
         # one transaction (70 on failure), emitting the startup.* events.

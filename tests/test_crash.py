@@ -20,7 +20,7 @@ from pathlib import Path
 import apsw
 import pytest
 
-from bench.reliability import content_digest
+from bench.reliability import artefact_digest, content_digest
 from portunus import testpoints
 from portunus.datadir import DataDir
 from portunus.engine import restore as restore_engine
@@ -87,15 +87,6 @@ def read_marker(state_db: Path) -> str:
     conn = apsw.Connection(str(state_db), flags=apsw.SQLITE_OPEN_READONLY)
     try:
         return conn.execute("SELECT state FROM crash_marker").fetchall()[0][0]
-    finally:
-        conn.close()
-
-
-def artefact_digest(path: Path) -> str:
-    """Content digest of a backup file, read without writing anything beside it."""
-    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        return content_digest(conn)
     finally:
         conn.close()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import sys
@@ -277,6 +276,8 @@ def _statfs_magic(path: Path) -> int | None:
     """``f_type`` from statfs(2): the first field of struct statfs on Linux."""
     if not sys.platform.startswith("linux"):
         return None
+    import ctypes  # here: only the commands that check a filesystem pay for it
+
     libc = ctypes.CDLL(None, use_errno=True)
     buf = ctypes.create_string_buffer(512)  # struct statfs is 120 bytes on 64-bit
     if libc.statfs(os.fsencode(path), buf) != 0:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
+import functools
 import os
 import re
-import secrets
 import signal
 from pathlib import Path
 
@@ -37,7 +36,7 @@ _RANDOM_BYTES = 6  # 12 hex digits between prefix and suffix
 def create_exclusive(directory: Path, prefix: str, suffix: str, mode: int = 0o600) -> Path:
     """Create an empty file with a fresh random name; never reuses a name."""
     while True:
-        path = directory / f"{prefix}{secrets.token_hex(_RANDOM_BYTES)}{suffix}"
+        path = directory / f"{prefix}{os.urandom(_RANDOM_BYTES).hex()}{suffix}"
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         except FileExistsError:
@@ -79,11 +78,20 @@ def publish_no_replace(tmp: Path, final: Path, *, event: str) -> None:
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
-_libc = ctypes.CDLL(None, use_errno=True)
 _SYNC_FILE_RANGE_WRITE = 2
-_sync_file_range = getattr(_libc, "sync_file_range", None)  # Linux (glibc, musl)
-if _sync_file_range is not None:
-    _sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+
+
+@functools.cache
+def _libc():
+    """libc through ctypes, loaded on first use: most commands never publish
+    or write back a file, and ctypes is a noticeable part of a cold start."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    sync_file_range = getattr(libc, "sync_file_range", None)  # Linux (glibc, musl)
+    if sync_file_range is not None:
+        sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    return libc, sync_file_range, getattr(libc, "renameat2", None), ctypes.get_errno
 
 
 def start_writeback(fd: int) -> bool:
@@ -96,18 +104,19 @@ def start_writeback(fd: int) -> bool:
     server's own WAL syncs among them) queues behind it. Started as the file
     is written, the backlog stays small. Best effort: False where the call
     is missing or refused, and nothing else changes."""
-    if _sync_file_range is None:
+    sync_file_range = _libc()[1]
+    if sync_file_range is None:
         return False
-    return _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE) == 0
+    return sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE) == 0
 
 
 def _rename_noreplace(src: Path, dst: Path) -> None:
-    renameat2 = getattr(_libc, "renameat2", None)
+    _, _, renameat2, get_errno = _libc()
     if renameat2 is None:
         raise NotImplementedError("libc has no renameat2")
     rc = renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
     if rc != 0:
-        err = ctypes.get_errno()
+        err = get_errno()
         if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
             raise NotImplementedError(os.strerror(err))
         raise OSError(err, os.strerror(err), str(dst))

@@ -1,6 +1,7 @@
 """Cold start: a light command imports only what it needs. ``--help``,
 ``status`` and ``verify`` import neither sanic (the server) nor
-cryptography (TLS), nor tomlkit when there is no server.toml to read.
+cryptography (TLS), pyrage (sealed backups), nor tomlkit when
+there is no server.toml to read.
 Checked through ``python -X importtime``, which lists every module a
 process imports; the figures themselves are bench/cold_start.py's."""
 
@@ -13,7 +14,7 @@ import pytest
 
 from tests import support
 
-HEAVY = ("sanic", "cryptography", "tomlkit")
+HEAVY = ("sanic", "cryptography", "tomlkit", "pyrage")
 
 
 def imported(argv: list[str], env: dict[str, str], cwd=None) -> set[str]:

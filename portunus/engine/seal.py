@@ -15,9 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pyrage
-from pyrage import ssh, x25519
-
+from portunus import lazy
 from portunus.errors import (
     InputMissing,
     NotAStateDatabase,
@@ -32,6 +30,10 @@ from portunus.store.sqlitefile import has_sqlite_header
 AGE_HEADER = b"age-encryption.org/v1\n"
 SEALED_SUFFIX = ".age"
 
+# pyrage (Rust) loads on first use: `verify` of a plain backup, `status`
+# and `list` only read the age header and never need it.
+pyrage = lazy.module("pyrage")
+
 
 def is_sealed(path: Path) -> bool:
     """The file starts with age's v1 header line. OSError when unreadable."""
@@ -44,8 +46,8 @@ def parse_recipient(text: str, *, source: str) -> Any:
     text = text.strip()
     try:
         if text.startswith("ssh-"):
-            return ssh.Recipient.from_str(text)
-        return x25519.Recipient.from_str(text)
+            return pyrage.ssh.Recipient.from_str(text)
+        return pyrage.x25519.Recipient.from_str(text)
     except (pyrage.RecipientError, ValueError) as exc:
         raise UsageError(
             f"not an age recipient ({source}): {text!r}: {exc}",
@@ -132,7 +134,7 @@ def load_identities(path: Path) -> list[Any]:
         ) from exc
     if b"PRIVATE KEY-----" in data:
         try:
-            return [ssh.Identity.from_buffer(data)]
+            return [pyrage.ssh.Identity.from_buffer(data)]
         except (pyrage.IdentityError, ValueError) as exc:
             raise _bad_identity(path, str(exc)) from None
     found = []
@@ -141,7 +143,7 @@ def load_identities(path: Path) -> list[Any]:
         if not line or line.startswith("#"):
             continue
         try:
-            found.append(x25519.Identity.from_str(line))
+            found.append(pyrage.x25519.Identity.from_str(line))
         except (pyrage.IdentityError, ValueError):
             raise _bad_identity(path, "a line is not an AGE-SECRET-KEY-1… identity") from None
     if not found:
@@ -222,7 +224,7 @@ def _decrypt_failed(name: Path, why: str, event: str) -> NotAStateDatabase:
 def keygen(out: Path) -> str:
     """Write a new X25519 identity to ``out`` (0600, never over a file) in
     age-keygen's format; return its recipient."""
-    identity = x25519.Identity.generate()
+    identity = pyrage.x25519.Identity.generate()
     recipient = str(identity.to_public())
     created = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     text = f"# created: {created}\n# public key: {recipient}\n{identity}\n"

@@ -40,6 +40,11 @@ from portunus.store.lock import probe_holder
 
 log = structlog.get_logger()
 
+# Listing what the replica holds is a few requests; an object store that
+# does not answer makes Litestream's S3 client retry with back-off for
+# minutes. A restore gives up after this and says so (74), nothing changed.
+LIST_TIMEOUT_SECS = 60
+
 
 @dataclass(frozen=True)
 class Window:
@@ -119,7 +124,7 @@ def restore_from_replica(
     staged: Path | None = None
     restored = False
     try:
-        window = litestream.window()
+        window = litestream.window(timeout=LIST_TIMEOUT_SECS)
         if window is None:
             raise InputMissing(
                 f"the replica {rep.public_url} holds nothing to restore",

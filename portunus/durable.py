@@ -8,6 +8,8 @@ import functools
 import os
 import re
 import signal
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from portunus.errors import WouldOverwrite
@@ -108,6 +110,97 @@ def start_writeback(fd: int) -> bool:
     if sync_file_range is None:
         return False
     return sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE) == 0
+
+
+COPY_CHUNK = 16 << 20  # the kernel copies this much between writeback starts and progress
+_COPY_BUFFER = 1 << 20  # the userspace fallback's one reused buffer
+# copy_file_range(2) refused for this pair of files: copy through userspace.
+_NO_COPY_FILE_RANGE = frozenset({errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL})
+
+
+def copy_range(
+    src_fd: int,
+    dst_fd: int,
+    start: int,
+    end: int,
+    on_chunk: Callable[[int], None] | None = None,
+    *,
+    writeback: bool = True,
+) -> None:
+    """Copy bytes ``[start, end)`` of ``src_fd`` to the same offsets of
+    ``dst_fd``, in the kernel (copy_file_range) where it allows. After each
+    chunk the writeback is started (unless ``writeback`` is False: a file
+    that is removed within seconds need never reach the disk) and
+    ``on_chunk`` gets the offset copied up to. Where the kernel or the
+    filesystems refuse copy_file_range (another filesystem, an old kernel),
+    1 MiB reads and writes through one reused buffer: memory stays flat.
+    A source shorter than ``end`` is an error (EIO), never a short copy."""
+    offset = start
+    kernel = hasattr(os, "copy_file_range")
+    buffer = view = None
+    while offset < end:
+        want = min(COPY_CHUNK, end - offset)
+        if kernel:
+            try:
+                copied = os.copy_file_range(src_fd, dst_fd, want, offset, offset)
+            except OSError as exc:
+                if offset != start or exc.errno not in _NO_COPY_FILE_RANGE:
+                    raise
+                kernel = False
+                continue
+        else:
+            if buffer is None:
+                buffer = bytearray(_COPY_BUFFER)
+                view = memoryview(buffer)
+            copied = os.preadv(src_fd, [view[: min(want, _COPY_BUFFER)]], offset)
+            if copied:
+                _pwrite_all(dst_fd, view[:copied], offset)
+        if copied == 0:
+            raise OSError(errno.EIO, f"the source ended at byte {offset}, before byte {end}")
+        offset += copied
+        if writeback:
+            start_writeback(dst_fd)
+        if on_chunk is not None:
+            on_chunk(offset)
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        written = os.pwrite(fd, data, offset)
+        data, offset = data[written:], offset + written
+
+
+class BackgroundWriteback:
+    """:func:`start_writeback` from a thread of its own, each time
+    :meth:`poke` is called (pokes while one runs coalesce). The call blocks
+    whenever the disk's queue is full, which would hold a copy (or a hash
+    following it) to the disk's pace; here only this thread waits. For a
+    file being written by one thread and read by others; :meth:`close` when
+    the writing is done."""
+
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._poked = threading.Event()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="portunus-writeback", daemon=True)
+        self._thread.start()
+
+    def poke(self) -> None:
+        self._poked.set()
+
+    def close(self) -> None:
+        self._closing = True
+        self._poked.set()
+        self._thread.join()
+        os.close(self._fd)
+
+    def _run(self) -> None:
+        while True:
+            self._poked.wait()
+            self._poked.clear()
+            if self._closing:
+                return
+            start_writeback(self._fd)
 
 
 def _rename_noreplace(src: Path, dst: Path) -> None:

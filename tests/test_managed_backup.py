@@ -255,7 +255,7 @@ def test_a_failed_backup_records_the_attempt_and_keeps_the_last_success(site: Si
 def test_incomplete_carries_the_first_failures_exit_code():
     """The exit code and the reason come from the first failure."""
     made = managed.ManagedBackup(
-        backup_engine.BackupResult(Path("/b/x.db"), None, 1, "0" * 64, 2, 1, 0, 0, 0, 0),
+        backup_engine.BackupResult(Path("/b/x.db"), None, 1, "0" * 64, 2, 1, 0, "file", 0, 0, 0),
         None,
         None,
     )

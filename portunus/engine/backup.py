@@ -31,8 +31,8 @@ import structlog
 
 from portunus import durable, testpoints
 from portunus.datadir import DataDir
-from portunus.engine import artefact, seal
-from portunus.engine.checksum import sha256_file, sidecar_path, sidecar_text
+from portunus.engine import artefact, frozen, seal
+from portunus.engine.checksum import TrailingSha256, sha256_file, sidecar_path, sidecar_text
 from portunus.errors import (
     InputMissing,
     NotAStateDatabase,
@@ -80,6 +80,7 @@ class BackupResult:
     schema_version: int
     pages: int
     restarts: int
+    copy_method: str
     copy_seconds: float
     verify_seconds: float
     total_seconds: float
@@ -93,10 +94,18 @@ class BackupResult:
             "schema_version": self.schema_version,
             "pages": self.pages,
             "restarts": self.restarts,
+            "copy_method": self.copy_method,
             "copy_seconds": round(self.copy_seconds, 3),
             "verify_seconds": round(self.verify_seconds, 3),
             "total_seconds": round(self.total_seconds, 3),
         }
+
+
+# How the copy was made: the store's own file, held unchanged by a read
+# transaction (engine/frozen.py), or SQLite's Online Backup API, where the
+# file cannot be held (read-only access, a reader holding the WAL back).
+COPY_FILE = "file"
+COPY_BACKUP_API = "backup_api"
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,11 @@ class _Copy:
     schema_version: int
     pages: int
     restarts: int
+    method: str
+    # The copy's (sha256, size), computed as it was written, when it was.
+    hashed: Callable[[], tuple[str, int]] | None = None
+    # Checked already: the held file's bytes, while they were copied.
+    checked: bool = False
 
 
 def backup_name(at: datetime, *, precise: bool = False, sealed: bool = False) -> str:
@@ -137,7 +151,7 @@ def backup(
     sweep_stale_temps(final.parent)
     if recipients:
         sweep_stale_temps(data_dir.path, _STAGE_NAME)
-    tmp = held = stage = stage_held = None
+    tmp = held = stage = stage_held = held_file = None
     checkpoint = _SourceCheckpoint(source)
     try:
         # A SIGTERM/SIGINT between creating the temp file and this try would
@@ -149,13 +163,24 @@ def backup(
         # The private staging copy is never written back early: it is
         # removed within seconds, mostly before it ever reaches the disk.
         copy_to, writeback = (stage, None) if recipients else (tmp, held)
-        copied = _copy(source, copy_to, writeback, progress, on_snapshot_released=checkpoint.start)
+        held_file = frozen.freeze(source)
+        copied = _copy(
+            source,
+            copy_to,
+            writeback,
+            progress,
+            on_snapshot_released=checkpoint.start,
+            held_file=held_file,
+            hash_copy=not recipients,
+            check_level=verify,
+        )
         copy_seconds = time.monotonic() - started
+        left_to_check = "none" if copied.checked else verify
         if recipients:
-            digest, size = _seal(stage, tmp, verify, source, recipients)
+            digest, size = _seal(stage, tmp, left_to_check, source, recipients)
             durable.remove_if_present(*durable.sqlite_family(stage))
         else:
-            digest, size = _verify_and_hash(tmp, verify, source)
+            digest, size = _verify_and_hash(tmp, left_to_check, source, copied.hashed)
         verify_seconds = time.monotonic() - started - copy_seconds
         final, sidecar = _publish(tmp, final, digest if checksum else None, named_here)
     except BaseException as exc:
@@ -169,6 +194,8 @@ def backup(
         checkpoint.finish()
         # Last: closing any descriptor of a file drops the process's POSIX
         # locks on it, and SQLite's connections to it are all closed by now.
+        if held_file is not None:
+            held_file.close_file()
         for fd in (held, stage_held):
             if fd is not None:
                 os.close(fd)
@@ -180,6 +207,7 @@ def backup(
         copied.schema_version,
         copied.pages,
         copied.restarts,
+        copied.method,
         copy_seconds,
         verify_seconds,
         time.monotonic() - started,
@@ -358,18 +386,99 @@ def _copy(
     tmp_fd: int | None,
     progress: Progress | None,
     on_snapshot_released: Callable[[], None],
+    held_file: frozen.Frozen | None = None,
+    hash_copy: bool = False,
+    check_level: str = "none",
+) -> _Copy:
+    """Copy the store into ``tmp``: its file while ``held_file`` holds it
+    unchanged, else through SQLite's Online Backup API. ``tmp_fd`` given:
+    the kernel starts writing the copy out as it is made. ``hash_copy``:
+    the file copy is hashed as it is written (see :class:`_Copy`).
+
+    The file copy is checked (``check_level``) while it is made: SQLite
+    reads the held file, the very bytes the kernel copies (page for page,
+    header bytes 18-19 aside), on the other core; the sha256 in the sidecar
+    is that of the bytes written. A copy through SQLite is checked after."""
+    if held_file is None:
+        return _copy_through_sqlite(source, tmp, tmp_fd, progress, on_snapshot_released)
+    version = _checked_version(held_file.conn, source, "its file, held unchanged")
+    trail = TrailingSha256(tmp, lower_thread_priority) if hash_copy else None
+    # The kernel writes the copy out as it is made (``tmp_fd`` given); the
+    # private staging copy of a sealed backup, never.
+    writeback = durable.BackgroundWriteback(tmp) if tmp_fd is not None else None
+
+    def copied(upto: int) -> None:
+        if trail is not None:
+            trail.advance(upto)
+        if writeback is not None:
+            writeback.poke()
+        if progress:
+            progress(upto // held_file.page_size, held_file.pages)
+
+    try:
+        # The check and the hash share the second core at a lower priority
+        # (as :func:`_verify_and_hash`'s do); the copy keeps its own.
+        with ThreadPoolExecutor(max_workers=1, initializer=lower_thread_priority) as pool:
+            checked = pool.submit(_check_held, held_file.conn, check_level, source)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                frozen.copy(held_file, fd, copied)
+            finally:
+                os.close(fd)
+            checked.result()
+        held_file.release()
+        on_snapshot_released()
+    except BaseException:
+        if trail is not None:
+            trail.cancel()
+        raise
+    finally:
+        if writeback is not None:
+            writeback.close()
+    size = held_file.size
+    hashed = (lambda: trail.result(size)) if trail is not None else None
+    return _Copy(version, held_file.pages, 0, COPY_FILE, hashed, checked=True)
+
+
+def _check_held(conn: apsw.Connection, level: str, source: Path) -> None:
+    if level == "none":
+        return
+    try:
+        artefact.check_connection_integrity(conn, source, level, "backup.verify_failed")
+    except NotAStateDatabase as found:
+        raise NotAStateDatabase(
+            f"the store {source} failed its check as it was copied: {found.message}",
+            event="backup.verify_failed",
+            hint="the live store is probably damaged: stop the server and restore a "
+            "backup (if `verify` of a fresh backup elsewhere passes, suspect this disk); "
+            "nothing was published",
+            path=str(source),
+        ) from found
+
+
+def _checked_version(conn: apsw.Connection, source: Path, how: str) -> int:
+    version = migrations.stored_schema_version(conn, source)
+    migrations.refuse_if_too_new(version, source)
+    migrations.log_store_opened(
+        source,
+        version,
+        f"store open for an online backup (a read-only snapshot: {how})",
+        mode="read-only",
+    )
+    return version
+
+
+def _copy_through_sqlite(
+    source: Path,
+    tmp: Path,
+    tmp_fd: int | None,
+    progress: Progress | None,
+    on_snapshot_released: Callable[[], None],
 ) -> _Copy:
     src = dst = None
     try:
         src = _open_snapshot(source)
-        version = migrations.stored_schema_version(src, source)
-        migrations.refuse_if_too_new(version, source)
-        migrations.log_store_opened(
-            source,
-            version,
-            "store open for an online backup (a read-only snapshot)",
-            mode="read-only",
-        )
+        version = _checked_version(src, source, "the Online Backup API")
         dst = apsw.Connection(str(tmp))
         # The temp file is ours alone until published; we fsync it ourselves.
         dst.execute("PRAGMA journal_mode=OFF")
@@ -381,7 +490,7 @@ def _copy(
         src = None
         # The copied header says WAL; a standalone artefact needs no -wal.
         dst.execute("PRAGMA journal_mode=DELETE")
-        return _Copy(version, pages, restarts)
+        return _Copy(version, pages, restarts, COPY_BACKUP_API)
     finally:
         close_quietly(dst)
         close_quietly(src)
@@ -442,14 +551,20 @@ def _step_until_done(
                 return step.page_count, restarts
 
 
-def _verify_and_hash(tmp: Path, level: str, source: Path) -> tuple[str, int]:
+def _verify_and_hash(
+    tmp: Path,
+    level: str,
+    source: Path,
+    hashed_as_written: Callable[[], tuple[str, int]] | None = None,
+) -> tuple[str, int]:
     """Integrity check, sha256 and fsync side by side: each reads or flushes
     the file once, on two cores. They run at a lower CPU priority: the
     snapshot is already released, so a slower check costs nothing, while a
-    server on the same machine keeps its share of the cores."""
+    server on the same machine keeps its share of the cores. A hash begun
+    as the copy was written (``hashed_as_written``) is awaited instead."""
     with ThreadPoolExecutor(max_workers=3, initializer=lower_thread_priority) as pool:
         checked = pool.submit(_check_copy, tmp, level, source)
-        hashed = pool.submit(sha256_file, tmp)
+        hashed = pool.submit(hashed_as_written or (lambda: sha256_file(tmp)))
         flushed = pool.submit(durable.fsync_path, tmp)
         checked.result()
         flushed.result()

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import mmap
+import os
 import re
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from portunus.errors import NotAStateDatabase
 
 CHUNK = 1 << 20
+MAP_WINDOW = 8 << 20  # TrailingSha256 hashes the page cache in place, this much at a time
 _SIDECAR_LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *](.+)$")
 
 
@@ -70,3 +77,96 @@ def ensure_matches(artefact: Path, expected: str | None, digest: str, *, event: 
             hint="the file was damaged in transit or storage; use another copy",
             path=str(artefact),
         )
+
+
+class TrailingSha256:
+    """sha256 of a file another thread is writing, read a little behind the
+    writer: the hash is ready moments after the last byte is written instead
+    of a whole read later. The writer calls :meth:`advance` with the offset
+    it has written up to (each byte is read once it is final), then
+    :meth:`result`; :meth:`cancel` on failure. One reused buffer: memory
+    stays flat. ``thread_setup`` runs first in the hashing thread (e.g. to
+    lower its priority)."""
+
+    def __init__(self, path: Path, thread_setup: Callable[[], None] | None = None) -> None:
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._ready = threading.Condition()
+        self._upto = 0
+        self._end: int | None = None
+        self._cancelled = False
+        self._outcome: tuple[str, int] | BaseException | None = None
+        self._setup = thread_setup
+        self._thread = threading.Thread(target=self._run, name="portunus-sha256", daemon=True)
+        self._thread.start()
+
+    def advance(self, upto: int) -> None:
+        with self._ready:
+            self._upto = upto
+            self._ready.notify()
+
+    def result(self, end: int) -> tuple[str, int]:
+        """(hex digest, size) of the file's first ``end`` bytes, all written."""
+        with self._ready:
+            self._upto = self._end = end
+            self._ready.notify()
+        return self._join()
+
+    def cancel(self) -> None:
+        with self._ready:
+            self._cancelled = True
+            self._ready.notify()
+        try:
+            self._join()
+        except BaseException:  # noqa: BLE001 - the caller is already failing
+            pass
+
+    def _join(self) -> tuple[str, int]:
+        self._thread.join()
+        os.close(self._fd)
+        self._fd = -1
+        if isinstance(self._outcome, BaseException):
+            raise self._outcome
+        assert self._outcome is not None
+        return self._outcome
+
+    def _run(self) -> None:
+        try:
+            if self._setup is not None:
+                self._setup()
+            self._outcome = self._hash()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller in _join
+            self._outcome = exc
+
+    def _hash(self) -> tuple[str, int]:
+        digest = hashlib.sha256()
+        view = memoryview(bytearray(CHUNK))
+        done = 0
+        while True:
+            with self._ready:
+                while not self._cancelled and done >= self._upto and self._end is None:
+                    self._ready.wait()
+                if self._cancelled:
+                    return "", done
+                upto, end = self._upto, self._end
+            done = self._hash_range(digest, done, upto, view)
+            if end is not None and done >= end:
+                return digest.hexdigest(), done
+
+    def _hash_range(self, digest: Any, done: int, upto: int, view: memoryview) -> int:
+        """Hash bytes ``[done, upto)``: mapped a window at a time where the
+        offsets allow (the page cache hashed in place, no copy through a
+        buffer; each window unmapped before the next, so memory stays flat),
+        read into ``view`` otherwise."""
+        while done < upto:
+            if done % mmap.ALLOCATIONGRANULARITY == 0 and upto - done >= MAP_WINDOW:
+                mapped = mmap.mmap(self._fd, MAP_WINDOW, access=mmap.ACCESS_READ, offset=done)
+                with mapped, memoryview(mapped) as window:
+                    digest.update(window)
+                done += MAP_WINDOW
+                continue
+            read = os.preadv(self._fd, [view[: min(CHUNK, upto - done)]], done)
+            if read == 0:
+                raise OSError(errno.EIO, f"the file ended at byte {done}, before byte {upto}")
+            digest.update(view[:read])
+            done += read
+        return done

@@ -7,7 +7,6 @@ old state or the new one, never a half-written file.
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +20,7 @@ import structlog
 from portunus import durable
 from portunus.datadir import DataDir, remove_created_dirs
 from portunus.engine import artefact, retention, seal
-from portunus.engine.checksum import CHUNK, ensure_matches, sha256_file
+from portunus.engine.checksum import ensure_matches, sha256_file
 from portunus.errors import (
     InputMissing,
     NotAStateDatabase,
@@ -45,9 +44,6 @@ from portunus.store.sqlitefile import has_sqlite_header
 log = structlog.get_logger()
 
 STAGE_PREFIX = ".restore-"
-COPY_CHUNK = 64 << 20  # writeback is started after each chunk the kernel copies
-# copy_file_range(2) refused for this pair of files: copy through userspace.
-_NO_COPY_FILE_RANGE = frozenset({errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL})
 _STAGE_NAME = re.compile(
     # .tmp: the file Litestream writes a restore from a replica into first.
     durable.exclusive_name_pattern(STAGE_PREFIX, ".db") + r"(?:-journal|-wal|-shm|\.tmp)?"
@@ -248,30 +244,10 @@ def _check_in_place(staged: Path, data_dir: DataDir, existed: bool) -> RestoreRe
 
 
 def _copy_file(source: Path, staged: Path) -> None:
-    """Copy in the kernel (copy_file_range), starting the writeback after
-    each chunk so the fsync that follows finds a small backlog. Where the
-    kernel or filesystems refuse it (another filesystem, an old kernel),
-    1 MiB reads and writes through one reused buffer: memory stays flat."""
+    """Copy in the kernel, starting the writeback after each chunk so the
+    fsync that follows finds a small backlog (:func:`durable.copy_range`)."""
     with open(source, "rb") as src, open(staged, "wb") as dst:
-        done = 0
-        try:
-            if not hasattr(os, "copy_file_range"):
-                raise OSError(errno.ENOSYS, "no copy_file_range")
-            while copied := os.copy_file_range(src.fileno(), dst.fileno(), COPY_CHUNK):
-                done += copied
-                durable.start_writeback(dst.fileno())
-        except OSError as exc:
-            if done or exc.errno not in _NO_COPY_FILE_RANGE:
-                raise
-            _copy_by_chunks(src, dst)
-
-
-def _copy_by_chunks(src, dst) -> None:
-    buffer = bytearray(CHUNK)
-    view = memoryview(buffer)
-    while read := src.readinto(buffer):
-        dst.write(view[:read])
-    dst.flush()
+        durable.copy_range(src.fileno(), dst.fileno(), 0, os.fstat(src.fileno()).st_size)
 
 
 def _check_and_hash(staged: Path, source: Path, expected: str | None) -> tuple[str, int]:

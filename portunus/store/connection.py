@@ -6,6 +6,7 @@ read-only. apsw's ``with conn:`` is a transaction (savepoints when nested).
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from urllib.parse import quote
 
@@ -107,6 +108,8 @@ _STORAGE_WORDS = (
 
 def describe_failure(exc: BaseException) -> str:
     """A short human account of a storage failure: SQLite's or the OS's."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return "the disk is full"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     for kind, words in _STORAGE_WORDS:

@@ -1,0 +1,161 @@
+"""A backup's fast path: the live store's own file, copied by the kernel
+while a read transaction keeps it from changing.
+
+In WAL mode SQLite writes committed pages into the database file only when
+it checkpoints, and a checkpoint copies no frame past the snapshot of the
+oldest reader still reading (none at all while a reader reads the file
+alone, ignoring the WAL). So a read transaction that starts when every
+frame is already in the file sees exactly the file's bytes, and keeps them
+as they are until it ends, while writers go on appending to the WAL. That
+state is reached under one brief write lock: taken, a PASSIVE checkpoint
+copies the few frames written since the one run just before, the read
+transaction starts, and the lock is let go (well under a millisecond of a
+writer's time, docs/performance.md). In rollback-journal mode the read
+transaction's SHARED lock keeps every writer from committing: the same
+guarantee.
+
+The copy is then page 1, made a rollback-journal file (header bytes 18-19,
+what ``PRAGMA journal_mode=DELETE`` writes: a standalone artefact needs no
+-wal), and the rest byte for byte through copy_file_range. Page 1 goes
+first, so the checksum can follow the copy instead of waiting for it.
+
+Where that state cannot be had (read-only access to the store, so no
+checkpoint; a reader holding an older snapshot that no checkpoint can pass,
+such as Litestream's; a write lock not granted in time), :func:`freeze`
+returns None and the backup takes SQLite's Online Backup API instead.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import apsw
+
+from portunus import durable
+from portunus.store.connection import close_quietly
+
+ATTEMPTS = 20  # a checkpoint running elsewhere, or one frame short: try again
+LOCK_WAIT_SECS = 1.0  # for the write lock, per attempt; writers hold it for microseconds
+RETRY_SLEEP_SECS = 0.002
+_BUSY_SLEEP_SECS = 0.0005  # polled: SQLite's own busy handler sleeps up to 100 ms at a time
+# Header bytes 18 and 19 (file format write/read version): 1 rollback journal, 2 WAL.
+_FORMAT_VERSION_OFFSETS = (18, 19)
+_ROLLBACK_FORMAT = 1
+
+
+@dataclass
+class Frozen:
+    """A read transaction on the store during which its file does not change."""
+
+    conn: apsw.Connection | None
+    page_size: int
+    pages: int
+    fd: int = -1  # the store's file, read by :func:`copy`; see :meth:`close_file`
+
+    @property
+    def size(self) -> int:
+        return self.page_size * self.pages
+
+    def release(self) -> None:
+        """End the read transaction: checkpoints may write the file again."""
+        if self.conn is None:
+            return
+        try:
+            # A read transaction: closing ends it too. Its COMMIT can only
+            # repeat an error already raised (apsw reports a failed
+            # statement again), which must not mask the one being handled.
+            self.conn.execute("COMMIT")
+        except apsw.Error:
+            pass
+        finally:
+            close_quietly(self.conn)
+            self.conn = None
+
+    def close_file(self) -> None:
+        """Close the descriptor :func:`copy` read. Closing any descriptor of a
+        file drops every POSIX lock the process holds on it, SQLite's among
+        them: so this comes last, once this process's connections to the
+        store are closed (in a server process its own connections keep
+        their locks on the shared memory, which is what other processes
+        consult before taking the store for themselves)."""
+        self.release()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def freeze(source: Path) -> Frozen | None:
+    """A :class:`Frozen` store, or None where it cannot be had (the caller
+    copies through SQLite instead). Damage found on the way is raised
+    (apsw.CorruptError / NotADBError), like any reader would."""
+    locker = snap = None
+    try:
+        locker = apsw.Connection(str(source), flags=apsw.SQLITE_OPEN_READWRITE)
+        snap = apsw.Connection(str(source), flags=apsw.SQLITE_OPEN_READWRITE)
+        snap.setbusytimeout(int(LOCK_WAIT_SECS * 1000))
+        wal = snap.execute("PRAGMA journal_mode").fetchall()[0][0] == "wal"
+        for _ in range(ATTEMPTS):
+            if _try_freeze(locker, snap, wal):
+                page_size = snap.execute("PRAGMA page_size").fetchall()[0][0]
+                pages = snap.execute("PRAGMA page_count").fetchall()[0][0]
+                fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+                frozen, snap = Frozen(snap, page_size, pages, fd), None
+                return frozen
+            time.sleep(RETRY_SLEEP_SECS)
+        return None
+    except (apsw.CorruptError, apsw.NotADBError):
+        raise
+    except (apsw.Error, OSError):
+        return None  # read-only access, a lock not granted: the slower path copes
+    finally:
+        close_quietly(snap)
+        close_quietly(locker)
+
+
+def _try_freeze(locker: apsw.Connection, snap: apsw.Connection, wal: bool) -> bool:
+    if wal:
+        # Most of the WAL, before any lock: what is left for the locked
+        # checkpoint below is what writers add in the next moments.
+        snap.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    deadline = time.monotonic() + LOCK_WAIT_SECS
+    locker.setbusyhandler(lambda _tries: _wait_until(deadline))
+    locker.execute("BEGIN IMMEDIATE")
+    try:
+        if wal:
+            busy, frames, backfilled = snap.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+            if busy or frames < 0 or frames != backfilled:
+                return False  # another checkpoint ran, or a reader holds frames back
+        snap.execute("BEGIN")
+        # The read transaction starts here: no frame can have been added
+        # since the checkpoint (the write lock is ours), so it reads the
+        # file alone, or from a snapshot no checkpoint can pass.
+        snap.execute("SELECT 1 FROM sqlite_schema LIMIT 1").fetchall()
+        return True
+    finally:
+        locker.execute("ROLLBACK")
+
+
+def _wait_until(deadline: float) -> bool:
+    if time.monotonic() >= deadline:
+        return False
+    time.sleep(_BUSY_SLEEP_SECS)
+    return True
+
+
+def copy(frozen: Frozen, dst_fd: int, on_copied: Callable[[int], None]) -> None:
+    """Copy the frozen store's pages into ``dst_fd`` (an empty file): page 1
+    made a rollback-journal file, then the rest as they are. ``on_copied``
+    gets the offset written up to after page 1 and after each chunk (the
+    writeback is the caller's: it would slow this copy to the disk's pace)."""
+    first = bytearray(os.pread(frozen.fd, frozen.page_size, 0))
+    if len(first) != frozen.page_size:
+        raise apsw.CorruptError("the store is shorter than its first page")
+    for offset in _FORMAT_VERSION_OFFSETS:
+        first[offset] = _ROLLBACK_FORMAT
+    os.pwrite(dst_fd, first, 0)
+    on_copied(frozen.page_size)
+    durable.copy_range(frozen.fd, dst_fd, frozen.page_size, frozen.size, on_copied, writeback=False)

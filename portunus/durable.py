@@ -189,6 +189,9 @@ class BackgroundWriteback:
         self._poked.set()
 
     def close(self) -> None:
+        """Stop the thread (once its current call returns); safe to repeat."""
+        if self._closing:
+            return
         self._closing = True
         self._poked.set()
         self._thread.join()

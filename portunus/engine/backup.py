@@ -143,8 +143,10 @@ def backup(
     ``directory``: ``out`` is meant as a directory (``[backup] dir``, an
     ``--out DIR/``), so if it is not one that is refused, never a file of its
     name. ``recipients`` (parsed by :mod:`portunus.engine.seal`) seal it:
-    the copy is made and checked in the data dir, and only its age
-    encryption is written to the destination."""
+    the store's bytes go through a pipe into the encrypting process while
+    they are checked, or (where the file cannot be held) are copied and
+    checked in the data dir first; only their age encryption is written to
+    the destination."""
     started = time.monotonic()
     source = _checked_source(data_dir)
     final, named_here = _destination(out, directory, sealed=bool(recipients))
@@ -154,33 +156,39 @@ def backup(
     tmp = held = stage = stage_held = held_file = None
     checkpoint = _SourceCheckpoint(source)
     try:
+        held_file = frozen.freeze(source)
         # A SIGTERM/SIGINT between creating the temp file and this try would
         # leave it behind: held off until both names are bound.
         with durable.signals_deferred():
-            if recipients:
+            if recipients and held_file is None:
                 stage, stage_held = _create_temp(data_dir.path, STAGE_PREFIX, ".db")
             tmp, held = _create_temp(final.parent)
-        # The private staging copy is never written back early: it is
-        # removed within seconds, mostly before it ever reaches the disk.
-        copy_to, writeback = (stage, None) if recipients else (tmp, held)
-        held_file = frozen.freeze(source)
-        copied = _copy(
-            source,
-            copy_to,
-            writeback,
-            progress,
-            on_snapshot_released=checkpoint.start,
-            held_file=held_file,
-            hash_copy=not recipients,
-            check_level=verify,
-        )
-        copy_seconds = time.monotonic() - started
-        left_to_check = "none" if copied.checked else verify
-        if recipients:
-            digest, size = _seal(stage, tmp, left_to_check, source, recipients)
-            durable.remove_if_present(*durable.sqlite_family(stage))
+        if recipients and held_file is not None:
+            copied, digest, size = _seal_held(
+                held_file, source, tmp, verify, recipients, progress, checkpoint.start
+            )
+            copy_seconds = time.monotonic() - started
         else:
-            digest, size = _verify_and_hash(tmp, left_to_check, source, copied.hashed)
+            # The private staging copy is never written back early: it is
+            # removed within seconds, mostly before it ever reaches the disk.
+            copy_to, writeback = (stage, None) if recipients else (tmp, held)
+            copied = _copy(
+                source,
+                copy_to,
+                writeback,
+                progress,
+                on_snapshot_released=checkpoint.start,
+                held_file=held_file,
+                hash_copy=not recipients,
+                check_level=verify,
+            )
+            copy_seconds = time.monotonic() - started
+            left_to_check = "none" if copied.checked else verify
+            if recipients:
+                digest, size = _seal(stage, tmp, left_to_check, source, recipients)
+                durable.remove_if_present(*durable.sqlite_family(stage))
+            else:
+                digest, size = _verify_and_hash(tmp, left_to_check, source, copied.hashed)
         verify_seconds = time.monotonic() - started - copy_seconds
         final, sidecar = _publish(tmp, final, digest if checksum else None, named_here)
     except BaseException as exc:
@@ -258,6 +266,55 @@ def _seal(
         checked.result()
         sealed.result()
     return _verify_and_hash(tmp, "none", source)
+
+
+def _seal_held(
+    held_file: frozen.Frozen,
+    source: Path,
+    tmp: Path,
+    level: str,
+    recipients: list[Any],
+    progress: Progress | None,
+    on_snapshot_released: Callable[[], None],
+) -> tuple[_Copy, str, int]:
+    """A sealed backup of the held file with no plaintext copy anywhere:
+    its bytes (page 1 made a rollback-journal file, as a plain copy's) go
+    through a pipe into the encrypting process (:func:`seal.encrypt_stream`)
+    while SQLite checks the same held bytes and the ciphertext is hashed
+    and written out as it grows. A failed check publishes nothing."""
+    version = _checked_version(held_file.conn, source, "its file, held unchanged")
+    trail = TrailingSha256(tmp, lower_thread_priority)
+    writeback = durable.BackgroundWriteback(tmp)
+
+    def written(upto: int) -> None:
+        trail.advance(upto)
+        writeback.poke()
+        if progress:
+            progress(min(upto // held_file.page_size, held_file.pages), held_file.pages)
+
+    try:
+        with ThreadPoolExecutor(max_workers=1, initializer=lower_thread_priority) as pool:
+            checked = pool.submit(_check_held, held_file.conn, level, source)
+            seal.encrypt_stream(
+                frozen.first_page(held_file),
+                held_file.fd,
+                held_file.size,
+                tmp,
+                recipients,
+                written,
+            )
+            checked.result()
+        held_file.release()
+        on_snapshot_released()
+        writeback.close()
+        digest, size = trail.result(os.stat(tmp).st_size)
+        durable.fsync_path(tmp)
+    except BaseException:
+        trail.cancel()
+        raise
+    finally:
+        writeback.close()
+    return _Copy(version, held_file.pages, 0, COPY_FILE, checked=True), digest, size
 
 
 def _second_taken(directory: Path, now: datetime) -> bool:

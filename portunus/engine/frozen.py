@@ -146,16 +146,21 @@ def _wait_until(deadline: float) -> bool:
     return True
 
 
-def copy(frozen: Frozen, dst_fd: int, on_copied: Callable[[int], None]) -> None:
-    """Copy the frozen store's pages into ``dst_fd`` (an empty file): page 1
-    made a rollback-journal file, then the rest as they are. ``on_copied``
-    gets the offset written up to after page 1 and after each chunk (the
-    writeback is the caller's: it would slow this copy to the disk's pace)."""
+def first_page(frozen: Frozen) -> bytes:
+    """Page 1 as a copy has it: a rollback-journal file's header."""
     first = bytearray(os.pread(frozen.fd, frozen.page_size, 0))
     if len(first) != frozen.page_size:
         raise apsw.CorruptError("the store is shorter than its first page")
     for offset in _FORMAT_VERSION_OFFSETS:
         first[offset] = _ROLLBACK_FORMAT
-    os.pwrite(dst_fd, first, 0)
+    return bytes(first)
+
+
+def copy(frozen: Frozen, dst_fd: int, on_copied: Callable[[int], None]) -> None:
+    """Copy the frozen store's pages into ``dst_fd`` (an empty file): page 1
+    made a rollback-journal file, then the rest as they are. ``on_copied``
+    gets the offset written up to after page 1 and after each chunk (the
+    writeback is the caller's: it would slow this copy to the disk's pace)."""
+    os.pwrite(dst_fd, first_page(frozen), 0)
     on_copied(frozen.page_size)
     durable.copy_range(frozen.fd, dst_fd, frozen.page_size, frozen.size, on_copied, writeback=False)

@@ -9,8 +9,12 @@ here assembles the format from primitives.
 
 from __future__ import annotations
 
+import errno
 import os
-from collections.abc import Iterable
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,13 +45,20 @@ def is_sealed(path: Path) -> bool:
         return f.read(len(AGE_HEADER)) == AGE_HEADER
 
 
-def parse_recipient(text: str, *, source: str) -> Any:
+@dataclass(frozen=True)
+class Recipient:
+    """A parsed recipient, and the text it was parsed from (what the
+    encrypting process is handed, see :func:`encrypt_stream`)."""
+
+    text: str
+    key: Any
+
+
+def parse_recipient(text: str, *, source: str) -> Recipient:
     """An ``age1…`` or ``ssh-ed25519``/``ssh-rsa`` public key; 2 naming it otherwise."""
     text = text.strip()
     try:
-        if text.startswith("ssh-"):
-            return pyrage.ssh.Recipient.from_str(text)
-        return pyrage.x25519.Recipient.from_str(text)
+        return Recipient(text, _parse_key(text))
     except (pyrage.RecipientError, ValueError) as exc:
         raise UsageError(
             f"not an age recipient ({source}): {text!r}: {exc}",
@@ -57,6 +68,12 @@ def parse_recipient(text: str, *, source: str) -> Any:
             recipient=text,
             source=source,
         ) from None
+
+
+def _parse_key(text: str) -> Any:
+    if text.startswith("ssh-"):
+        return pyrage.ssh.Recipient.from_str(text)
+    return pyrage.x25519.Recipient.from_str(text)
 
 
 def read_recipients_file(path: Path) -> list[str]:
@@ -161,12 +178,104 @@ def _bad_identity(path: Path, why: str) -> UsageError:
     )
 
 
-def encrypt(src: Path, dst: Path, to: list[Any]) -> None:
+def encrypt(src: Path, dst: Path, to: list[Recipient]) -> None:
     """Encrypt ``src`` to ``to`` into the existing file ``dst`` (its mode
     and owner kept), streaming. pyrage's file-to-file call: its I/O runs in
     Rust, where ``encrypt_io`` through Python file objects made a sealed
     1 GiB backup take about twice as long (docs/performance.md)."""
-    pyrage.encrypt_file(str(src), str(dst), to)
+    pyrage.encrypt_file(str(src), str(dst), [r.key for r in to])
+
+
+# The encrypting process: pyrage streams the plaintext (the first bytes
+# from stdin, the rest read from the inherited descriptor of the held file:
+# the plaintext never lands in a file) into the destination's temporary
+# file. It dies with the process that started it.
+_ENCRYPTING_CHILD = """
+import ctypes, errno, os, sys
+ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(4)
+from pyrage import encrypt_io, ssh, x25519
+dst, fd, start, end = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+keys = [(ssh if t.startswith("ssh-") else x25519).Recipient.from_str(t) for t in sys.argv[6:]]
+
+class Plaintext:
+    def __init__(self):
+        self.first = sys.stdin.buffer.read(start)
+        self.offset = 0
+
+    def read(self, n=-1):
+        n = min(end if n is None or n < 0 else n, end - self.offset)
+        if n <= 0:
+            return b""
+        if self.offset < start:
+            data = self.first[self.offset : min(start, self.offset + n)]
+        else:
+            data = os.pread(fd, n, self.offset)
+        if not data:
+            raise OSError(errno.EIO, "the source ended at byte %d" % self.offset)
+        self.offset += len(data)
+        return data
+
+try:
+    with open(dst, "wb") as out:
+        encrypt_io(Plaintext(), out, keys)
+except OSError as exc:
+    sys.stderr.write("%d %s\\n" % (exc.errno or 0, exc.strerror or exc))
+    sys.exit(3)
+"""
+_POLL_SECS = 0.01
+
+
+def encrypt_stream(
+    prefix: bytes,
+    src_fd: int,
+    end: int,
+    dst: Path,
+    to: list[Recipient],
+    on_written: Callable[[int], None],
+) -> None:
+    """Encrypt ``prefix`` followed by bytes ``[len(prefix), end)`` of
+    ``src_fd`` to ``to``, into the existing file ``dst`` (its mode and
+    owner kept), in a process of its own: pyrage holds the GIL for the
+    whole of a call (measured), so in this process nothing else could run
+    meanwhile; there, the check and the hash of the ciphertext run beside
+    the encryption, on the other core. Its ``encrypt_io`` reads the
+    plaintext through a small reader (as fast as its file-to-file call:
+    docs/performance.md) and writes through a buffered file. ``on_written``
+    gets how much ciphertext is in ``dst`` as it grows (age writes it front
+    to back), last its whole size. OSError when the encryption fails (the
+    disk filling up, say)."""
+    import subprocess  # here: the light commands that import this module never spawn
+
+    argv = [sys.executable, "-c", _ENCRYPTING_CHILD, str(os.getpid()), str(dst)]
+    argv += [str(src_fd), str(len(prefix)), str(end)] + [r.text for r in to]
+    child = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(src_fd,)
+    )
+    assert child.stdin is not None and child.stderr is not None
+    try:
+        try:
+            with child.stdin:
+                child.stdin.write(prefix)
+        except BrokenPipeError:
+            pass  # it ended already: its exit status says why
+        while child.poll() is None:
+            on_written(os.stat(dst).st_size)
+            time.sleep(_POLL_SECS)
+    except BaseException:
+        child.kill()
+        raise
+    finally:
+        child.wait()
+    failure = child.stderr.read().decode("utf-8", "replace").strip()
+    child.stderr.close()
+    if child.returncode != 0:
+        code, _, why = failure.rpartition("\n")[2].partition(" ")
+        raise OSError(
+            int(code) if code.isdigit() else errno.EIO, why or failure or "encryption failed"
+        )
+    on_written(os.stat(dst).st_size)
 
 
 def decrypt(

@@ -142,8 +142,9 @@ def test_profile_times_every_phase_of_a_backup_and_a_restore(tmp_path: Path):
     )
     assert proc.returncode == 0, proc.stderr
     for phase in (
-        "| backup | copy (Backup API, held snapshot) |",
-        "| backup | quick_check |",
+        "| backup | hold the file (checkpoint, write lock, snapshot) |",
+        "| backup | copy (copy_file_range) |",
+        "| backup | quick_check of the held file |",
         "| backup | sha256 |",
         "| restore | copy (copy_file_range) |",
         "| restore | integrity_check |",

@@ -235,6 +235,10 @@ def _restarts(approach: str, rs: list[Record]) -> str:
     reached = [r for r in rs if r.get("furthest_page") is not None and not r["completed"]]
     if reached:
         text += f" (reached page {reached[0]['furthest_page']} of {reached[0]['page_count']})"
+    methods = [(r.get("engine") or {}).get("copy_method") for r in rs]
+    if any(methods):
+        # portunus-server backup --json: the held file, or the Online Backup API
+        text += " (" + ", ".join(m or "?" for m in methods) + ")"
     return text
 
 

@@ -13,13 +13,14 @@ backup never exists without its sidecar.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -293,7 +294,7 @@ def _seal_held(
             progress(min(upto // held_file.page_size, held_file.pages), held_file.pages)
 
     try:
-        with ThreadPoolExecutor(max_workers=1, initializer=lower_thread_priority) as pool:
+        with ThreadPoolExecutor(max_workers=1) as pool:  # as in _copy: holds the snapshot
             checked = pool.submit(_check_held, held_file.conn, level, source)
             seal.encrypt_stream(
                 frozen.first_page(held_file),
@@ -473,9 +474,10 @@ def _copy(
             progress(upto // held_file.page_size, held_file.pages)
 
     try:
-        # The check and the hash share the second core at a lower priority
-        # (as :func:`_verify_and_hash`'s do); the copy keeps its own.
-        with ThreadPoolExecutor(max_workers=1, initializer=lower_thread_priority) as pool:
+        # The check holds the snapshot (and the WAL's growth under writers)
+        # as long as it runs: it keeps its priority, as the copy does; the
+        # hash, which holds nothing, yields.
+        with ThreadPoolExecutor(max_workers=1) as pool:
             checked = pool.submit(_check_held, held_file.conn, check_level, source)
             fd = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC)
             try:
@@ -500,17 +502,8 @@ def _copy(
 def _check_held(conn: apsw.Connection, level: str, source: Path) -> None:
     if level == "none":
         return
-    try:
+    with _store_damaged_if_failed(source, "the store {source} failed its check as it was copied"):
         artefact.check_connection_integrity(conn, source, level, "backup.verify_failed")
-    except NotAStateDatabase as found:
-        raise NotAStateDatabase(
-            f"the store {source} failed its check as it was copied: {found.message}",
-            event="backup.verify_failed",
-            hint="the live store is probably damaged: stop the server and restore a "
-            "backup (if `verify` of a fresh backup elsewhere passes, suspect this disk); "
-            "nothing was published",
-            path=str(source),
-        ) from found
 
 
 def _checked_version(conn: apsw.Connection, source: Path, how: str) -> int:
@@ -629,13 +622,20 @@ def _verify_and_hash(
 
 
 def _check_copy(copy: Path, level: str, source: Path) -> None:
-    try:
+    # The temp file is gone by the time this is read; what failed is
+    # a page-for-page copy of the live store, so name the store.
+    with _store_damaged_if_failed(source, "the copy of {source} failed its check"):
         artefact.check_integrity(copy, level, event="backup.verify_failed")
+
+
+@contextlib.contextmanager
+def _store_damaged_if_failed(source: Path, what: str) -> Iterator[None]:
+    """A check's finding, told as what it means: the live store is damaged."""
+    try:
+        yield
     except NotAStateDatabase as found:
-        # The temp file is gone by the time this is read; what failed is
-        # a page-for-page copy of the live store, so name the store.
         raise NotAStateDatabase(
-            f"the copy of {source} failed its check: {found.message}",
+            f"{what.format(source=source)}: {found.message}",
             event="backup.verify_failed",
             hint="the live store is probably damaged: stop the server and restore a "
             "backup (if `verify` of a fresh backup elsewhere passes, suspect this disk); "

@@ -4,13 +4,13 @@ while a read transaction keeps it from changing.
 In WAL mode SQLite writes committed pages into the database file only when
 it checkpoints, and a checkpoint copies no frame past the snapshot of the
 oldest reader still reading (none at all while a reader reads the file
-alone, ignoring the WAL). So a read transaction that starts when every
-frame is already in the file sees exactly the file's bytes, and keeps them
-as they are until it ends, while writers go on appending to the WAL. That
-state is reached under one brief write lock: taken, a PASSIVE checkpoint
-copies the few frames written since the one run just before, the read
-transaction starts, and the lock is let go (well under a millisecond of a
-writer's time, docs/performance.md). In rollback-journal mode the read
+alone, ignoring the WAL). So once every frame up to a read transaction's
+snapshot is in the file, the file holds exactly that snapshot, and keeps it
+until the transaction ends, while writers go on appending to the WAL. That
+state is reached under one brief write lock: taken, the read transaction
+starts, a PASSIVE checkpoint copies the few frames written since the one
+run just before (it must report all of them copied), and the lock is let
+go (milliseconds at most of a writer's time). In rollback-journal mode the read
 transaction's SHARED lock keeps every writer from committing: the same
 guarantee.
 
@@ -92,14 +92,15 @@ def freeze(source: Path) -> Frozen | None:
     """A :class:`Frozen` store, or None where it cannot be had (the caller
     copies through SQLite instead). Damage found on the way is raised
     (apsw.CorruptError / NotADBError), like any reader would."""
-    locker = snap = None
+    locker = snap = ckpt = None
     try:
-        locker = apsw.Connection(str(source), flags=apsw.SQLITE_OPEN_READWRITE)
-        snap = apsw.Connection(str(source), flags=apsw.SQLITE_OPEN_READWRITE)
+        locker, snap, ckpt = (
+            apsw.Connection(str(source), flags=apsw.SQLITE_OPEN_READWRITE) for _ in range(3)
+        )
         snap.setbusytimeout(int(LOCK_WAIT_SECS * 1000))
         wal = snap.execute("PRAGMA journal_mode").fetchall()[0][0] == "wal"
         for _ in range(ATTEMPTS):
-            if _try_freeze(locker, snap, wal):
+            if _try_freeze(locker, snap, ckpt, wal):
                 page_size = snap.execute("PRAGMA page_size").fetchall()[0][0]
                 pages = snap.execute("PRAGMA page_count").fetchall()[0][0]
                 fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
@@ -112,28 +113,45 @@ def freeze(source: Path) -> Frozen | None:
     except (apsw.Error, OSError):
         return None  # read-only access, a lock not granted: the slower path copes
     finally:
-        close_quietly(snap)
-        close_quietly(locker)
+        for conn in (snap, ckpt, locker):
+            close_quietly(conn)
 
 
-def _try_freeze(locker: apsw.Connection, snap: apsw.Connection, wal: bool) -> bool:
+def _try_freeze(
+    locker: apsw.Connection, snap: apsw.Connection, ckpt: apsw.Connection, wal: bool
+) -> bool:
+    """Under the write lock: the read transaction begins, then a checkpoint
+    must copy every frame up to it into the file.
+
+    The order matters to writers. Begun while the WAL holds frames not yet
+    in the file, the read transaction takes a WAL read mark, and once the
+    checkpoint reaches that mark every later checkpoint stops there at once.
+    Begun after the WAL is all in the file, it would read the file alone,
+    and then each checkpoint (an auto-checkpointing writer runs one per
+    commit once the WAL passes its threshold) first builds its index of
+    the whole growing WAL before finding it may copy nothing: a max-rate
+    writer fell to 8 % of its rate during the backup (docs/performance.md).
+    On a store with nothing in its WAL it reads the file alone, which no
+    writer is then checkpointing."""
     if wal:
         # Most of the WAL, before any lock: what is left for the locked
         # checkpoint below is what writers add in the next moments.
-        snap.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        ckpt.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
     deadline = time.monotonic() + LOCK_WAIT_SECS
     locker.setbusyhandler(lambda _tries: _wait_until(deadline))
     locker.execute("BEGIN IMMEDIATE")
     try:
-        if wal:
-            busy, frames, backfilled = snap.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
-            if busy or frames < 0 or frames != backfilled:
-                return False  # another checkpoint ran, or a reader holds frames back
+        # The read transaction starts here, at the last commit: the write
+        # lock is ours, so no frame is added until it is let go.
         snap.execute("BEGIN")
-        # The read transaction starts here: no frame can have been added
-        # since the checkpoint (the write lock is ours), so it reads the
-        # file alone, or from a snapshot no checkpoint can pass.
         snap.execute("SELECT 1 FROM sqlite_schema LIMIT 1").fetchall()
+        if wal:
+            busy, frames, backfilled = ckpt.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+            if busy or frames < 0 or frames != backfilled:
+                # Another checkpoint ran, or a reader holds frames back: the
+                # file is not yet the snapshot.
+                snap.execute("ROLLBACK")
+                return False
         return True
     finally:
         locker.execute("ROLLBACK")

@@ -8,9 +8,9 @@ alone, ignoring the WAL). So once every frame up to a read transaction's
 snapshot is in the file, the file holds exactly that snapshot, and keeps it
 until the transaction ends, while writers go on appending to the WAL. That
 state is reached under one brief write lock: taken, the read transaction
-starts, a PASSIVE checkpoint copies the few frames written since the one
-run just before (it must report all of them copied), and the lock is let
-go (milliseconds at most of a writer's time). In rollback-journal mode the read
+starts, a PASSIVE checkpoint copies what the writers' own checkpoints left
+(it must report every frame copied), and the lock is let go (milliseconds
+at most of a writer's time). In rollback-journal mode the read
 transaction's SHARED lock keeps every writer from committing: the same
 guarantee.
 
@@ -131,12 +131,12 @@ def _try_freeze(
     commit once the WAL passes its threshold) first builds its index of
     the whole growing WAL before finding it may copy nothing: a max-rate
     writer fell to 8 % of its rate during the backup (docs/performance.md).
-    On a store with nothing in its WAL it reads the file alone, which no
-    writer is then checkpointing."""
-    if wal:
-        # Most of the WAL, before any lock: what is left for the locked
-        # checkpoint below is what writers add in the next moments.
-        ckpt.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    So no checkpoint runs first to shorten the locked one: it would leave the
+    WAL all in the file whenever no commit came between. The locked one
+    copies what the writers' own checkpoints left (up to their threshold,
+    1000 pages by default: milliseconds). On a store with nothing in its WAL
+    the transaction reads the file alone, which no writer is then
+    checkpointing."""
     deadline = time.monotonic() + LOCK_WAIT_SECS
     locker.setbusyhandler(lambda _tries: _wait_until(deadline))
     locker.execute("BEGIN IMMEDIATE")

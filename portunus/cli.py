@@ -21,8 +21,7 @@ import inspect
 import signal
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 from invoke import Config, Context, Exit
@@ -55,8 +54,9 @@ class UsageProblem(Exception):
         self.hint = hint or f"run '{BINARY} --help' for usage"
 
 
-@dataclass(frozen=True)
-class Option:
+# NamedTuples and plain classes, not dataclasses: defining a dataclass costs
+# about a millisecond at every start (docs/performance.md, "Cold start").
+class Option(NamedTuple):
     """One flag or positional of a command, as the task declares it."""
 
     names: tuple[str, ...]  # "out", "o": long first, as invoke orders them
@@ -91,8 +91,7 @@ class Option:
         return f"--no-{self.names[0]}" if self.kind is bool and self.default is True else None
 
 
-@dataclass(frozen=True)
-class Command:
+class Command(NamedTuple):
     name: str  # as typed: "backup", "config show"
     summary: str
     doc: str
@@ -114,12 +113,12 @@ class Command:
         return words
 
 
-@dataclass
 class Commands:
     """Every command by its typed name, and the groups (``config``, ``audit``)."""
 
-    by_name: dict[str, Command] = field(default_factory=dict)
-    groups: dict[str, list[str]] = field(default_factory=dict)
+    def __init__(self) -> None:
+        self.by_name: dict[str, Command] = {}
+        self.groups: dict[str, list[str]] = {}
 
     def top_words(self) -> list[str]:
         words = [n for n in self.by_name if " " not in n]
@@ -185,13 +184,15 @@ def _command(name: str, task: Any) -> Command:
 # --- parsing ---------------------------------------------------------------------------
 
 
-@dataclass
 class Invocation:
-    options: dict[str, str | None] = field(default_factory=dict)
-    action: str = "run"  # run | help | version
-    command: Command | None = None
-    group: str | None = None  # help for a group
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    """What a command line asks for, filled in as it is parsed."""
+
+    def __init__(self, options: dict[str, str | None]) -> None:
+        self.options = options
+        self.action = "run"  # run | help | version
+        self.command: Command | None = None
+        self.group: str | None = None  # help for a group
+        self.kwargs: dict[str, Any] = {}
 
 
 def parse(argv: list[str], commands: Commands) -> Invocation:

@@ -10,11 +10,11 @@ exactly at the version it had.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
 from pathlib import Path
+from typing import NamedTuple
 
 import apsw
 import structlog
@@ -27,15 +27,15 @@ log = structlog.get_logger()
 _MIGRATION_NAME = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
 
 
-@dataclass(frozen=True)
-class Migration:
+# NamedTuples, not frozen dataclasses: defining a dataclass costs about a
+# millisecond at every start (docs/performance.md, "Cold start").
+class Migration(NamedTuple):
     version: int
     name: str
     sql: str
 
 
-@dataclass(frozen=True)
-class Handshake:
+class Handshake(NamedTuple):
     """What the schema handshake found and did."""
 
     path: Path

@@ -17,6 +17,7 @@ by portunus.tasks.
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import signal
 import sys
@@ -95,8 +96,12 @@ class Command(NamedTuple):
     name: str  # as typed: "backup", "config show"
     summary: str
     doc: str
-    options: tuple[Option, ...]
     run: Callable[..., Any]
+    declared: tuple[Option, ...] | None = None  # None: read from the task ``run``
+
+    @property
+    def options(self) -> tuple[Option, ...]:
+        return _task_options(self.run) if self.declared is None else self.declared
 
     @property
     def flags(self) -> list[Option]:
@@ -156,15 +161,23 @@ def build_commands(namespace: Any) -> Commands:
             f'zsh:  {BINARY} completion zsh > "${{fpath[1]}}/_{BINARY}"\n'
             f"Or, for the current shell only: source <({BINARY} completion bash)"
         ),
-        options=(Option(("shell",), "shell", str, None, "bash or zsh", positional=True),),
         run=_print_completion,
+        declared=(Option(("shell",), "shell", str, None, "bash or zsh", positional=True),),
     )
     return found
 
 
 def _command(name: str, task: Any) -> Command:
     doc = inspect.cleandoc(task.__doc__ or "").strip()
-    options = tuple(
+    return Command(name, doc.split("\n\n")[0].replace("\n", " "), doc, task)
+
+
+@functools.cache
+def _task_options(task: Any) -> tuple[Option, ...]:
+    """A task's flags and positionals, read from its signature when first
+    needed: only the command being run (or asked about) pays for that, not
+    every command at every start (docs/performance.md, "Cold start")."""
+    return tuple(
         Option(
             names=tuple(arg.names),
             attr=arg.attr_name or arg.names[0].replace("-", "_"),
@@ -178,7 +191,6 @@ def _command(name: str, task: Any) -> Command:
         )
         for arg in task.get_arguments()
     )
-    return Command(name, doc.split("\n\n")[0].replace("\n", " "), doc, options, task)
 
 
 # --- parsing ---------------------------------------------------------------------------

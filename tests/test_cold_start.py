@@ -140,15 +140,40 @@ def test_a_light_command_defines_no_dataclass(command, store, small_backup, env)
 
 def test_status_on_an_idle_store_loads_no_retention_no_replication(store, env):
     """No backup dir and no replica configured: nothing to scan or ask, so
-    neither engine loads; and on a filesystem that mountinfo names by its
-    device, statfs (through ctypes) is not needed to classify it."""
+    neither engine loads."""
     modules, _ = loaded(["--data-dir", str(store.path), "status"], env)
     assert "portunus.engine.status" in modules
     assert "portunus.engine.retention" not in modules
     assert not [m for m in modules if m.startswith("portunus.replication")]
+
+
+FLOOR = "import atexit, runpy, sys; import invoke, structlog, apsw; print(*sorted(sys.modules))"
+
+
+@pytest.mark.parametrize("command", ["status", "verify"])
+def test_status_and_verify_load_no_library_module_beyond_the_floor(
+    command, store, small_backup, env
+):
+    """Beyond what invoke, structlog and apsw load anyway, only portunus's
+    own modules, and hashlib for verify's sha256. Not ctypes: on a
+    filesystem /proc/self/mountinfo names by the path's device, status needs
+    no statfs; not importlib's resource readers: the migrations are read
+    from their directory."""
+    floor = set(
+        subprocess.run(
+            [sys.executable, "-c", FLOOR], env=env, capture_output=True, text=True, check=True
+        ).stdout.split()
+    )
+    args = ["--data-dir", str(store.path), command]
+    if command == "verify":
+        args.append(str(small_backup))
+    modules, _ = loaded(args, env)
+    beyond = {m for m in modules - floor if m.split(".")[0] != "portunus"}
+    allowed = {"hashlib", "_hashlib", "_blake2"} if command == "verify" else set()
     name, by_device = _mountinfo_name(store.path)
-    if by_device and name in _LOCAL_NAMES | _UNSUPPORTED_NAMES:
-        assert "ctypes" not in modules
+    if not (by_device and name in _LOCAL_NAMES | _UNSUPPORTED_NAMES):
+        allowed |= {"ctypes", "_ctypes", "ctypes._endian"}  # statfs is needed here
+    assert beyond <= allowed, sorted(beyond - allowed)
 
 
 def test_the_module_detector_sees_retention_and_its_dataclasses(store, tmp_path, env):

@@ -325,6 +325,8 @@ def _parse_mountinfo_line(line: str) -> tuple[tuple[int, int], str, str] | None:
 
 def _unescape_octal(field: str) -> str:
     # mountinfo writes space, tab, newline and backslash as \ooo.
+    if "\\" not in field:
+        return field  # nearly every line: no pattern to compile at all
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import stat
 from pathlib import Path
 
 from portunus.errors import NotAStateDatabase
@@ -21,9 +23,13 @@ def sha256_file(path: Path) -> tuple[str, int]:
     stays flat, and no chunk is allocated and freed (a GiB is 1,024 of them)."""
     digest = hashlib.sha256()
     size = 0
-    buffer = bytearray(CHUNK)
-    view = memoryview(buffer)
     with open(path, "rb", buffering=0) as f:
+        st = os.fstat(f.fileno())
+        # A smaller regular file gets a buffer of its size: zeroing a whole
+        # MiB costs about 0.5 ms, a noticeable part of `verify`'s cold start.
+        small = stat.S_ISREG(st.st_mode) and st.st_size < CHUNK
+        buffer = bytearray(st.st_size + 1 if small else CHUNK)
+        view = memoryview(buffer)
         while read := f.readinto(buffer):
             digest.update(view[:read])
             size += read

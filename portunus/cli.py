@@ -17,12 +17,12 @@ by portunus.tasks.
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import signal
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 from invoke import Config, Context, Exit
@@ -55,8 +55,9 @@ class UsageProblem(Exception):
         self.hint = hint or f"run '{BINARY} --help' for usage"
 
 
-@dataclass(frozen=True)
-class Option:
+# NamedTuples and plain classes, not dataclasses: defining a dataclass costs
+# about a millisecond at every start (docs/performance.md, "Cold start").
+class Option(NamedTuple):
     """One flag or positional of a command, as the task declares it."""
 
     names: tuple[str, ...]  # "out", "o": long first, as invoke orders them
@@ -91,13 +92,16 @@ class Option:
         return f"--no-{self.names[0]}" if self.kind is bool and self.default is True else None
 
 
-@dataclass(frozen=True)
-class Command:
+class Command(NamedTuple):
     name: str  # as typed: "backup", "config show"
     summary: str
     doc: str
-    options: tuple[Option, ...]
     run: Callable[..., Any]
+    declared: tuple[Option, ...] | None = None  # None: read from the task ``run``
+
+    @property
+    def options(self) -> tuple[Option, ...]:
+        return _task_options(self.run) if self.declared is None else self.declared
 
     @property
     def flags(self) -> list[Option]:
@@ -114,12 +118,12 @@ class Command:
         return words
 
 
-@dataclass
 class Commands:
     """Every command by its typed name, and the groups (``config``, ``audit``)."""
 
-    by_name: dict[str, Command] = field(default_factory=dict)
-    groups: dict[str, list[str]] = field(default_factory=dict)
+    def __init__(self) -> None:
+        self.by_name: dict[str, Command] = {}
+        self.groups: dict[str, list[str]] = {}
 
     def top_words(self) -> list[str]:
         words = [n for n in self.by_name if " " not in n]
@@ -157,15 +161,23 @@ def build_commands(namespace: Any) -> Commands:
             f'zsh:  {BINARY} completion zsh > "${{fpath[1]}}/_{BINARY}"\n'
             f"Or, for the current shell only: source <({BINARY} completion bash)"
         ),
-        options=(Option(("shell",), "shell", str, None, "bash or zsh", positional=True),),
         run=_print_completion,
+        declared=(Option(("shell",), "shell", str, None, "bash or zsh", positional=True),),
     )
     return found
 
 
 def _command(name: str, task: Any) -> Command:
     doc = inspect.cleandoc(task.__doc__ or "").strip()
-    options = tuple(
+    return Command(name, doc.split("\n\n")[0].replace("\n", " "), doc, task)
+
+
+@functools.cache
+def _task_options(task: Any) -> tuple[Option, ...]:
+    """A task's flags and positionals, read from its signature when first
+    needed: only the command being run (or asked about) pays for that, not
+    every command at every start (docs/performance.md, "Cold start")."""
+    return tuple(
         Option(
             names=tuple(arg.names),
             attr=arg.attr_name or arg.names[0].replace("-", "_"),
@@ -179,19 +191,20 @@ def _command(name: str, task: Any) -> Command:
         )
         for arg in task.get_arguments()
     )
-    return Command(name, doc.split("\n\n")[0].replace("\n", " "), doc, options, task)
 
 
 # --- parsing ---------------------------------------------------------------------------
 
 
-@dataclass
 class Invocation:
-    options: dict[str, str | None] = field(default_factory=dict)
-    action: str = "run"  # run | help | version
-    command: Command | None = None
-    group: str | None = None  # help for a group
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    """What a command line asks for, filled in as it is parsed."""
+
+    def __init__(self, options: dict[str, str | None]) -> None:
+        self.options = options
+        self.action = "run"  # run | help | version
+        self.command: Command | None = None
+        self.group: str | None = None  # help for a group
+        self.kwargs: dict[str, Any] = {}
 
 
 def parse(argv: list[str], commands: Commands) -> Invocation:

@@ -13,10 +13,9 @@ import difflib
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 
@@ -36,8 +35,10 @@ log = structlog.get_logger()
 Check = Callable[[Any], str | None]  # returns a complaint, or None when fine
 
 
-@dataclass(frozen=True)
-class Key:
+# The value types here are NamedTuples, not frozen dataclasses: defining a
+# dataclass costs about a millisecond at every start (docs/performance.md,
+# "Cold start").
+class Key(NamedTuple):
     """One setting: where it lives, what it accepts, what it defaults to."""
 
     table: str  # "" for the top level
@@ -203,8 +204,7 @@ TABLES = sorted({k.table for k in SCHEMA if k.table})
 TYPE_NAMES = {str: "string", int: "integer", bool: "boolean", list: "array", float: "float"}
 
 
-@dataclass(frozen=True)
-class Problem:
+class Problem(NamedTuple):
     """One thing wrong with a config file."""
 
     line: int | None
@@ -217,13 +217,12 @@ class Problem:
         return f"{where}: {subject}{self.message}"
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(NamedTuple):
     """Effective settings: defaults overlaid with the file's values."""
 
     values: Mapping[str, Any]
     source: Path | None  # the file read, or None when there was none
-    explicit: frozenset[str] = field(default_factory=frozenset)  # keys the file sets
+    explicit: frozenset[str] = frozenset()  # keys the file sets
 
     def get(self, dotted: str) -> Any:
         return self.values[dotted]
@@ -379,11 +378,12 @@ def _show(value: Any) -> str:
 
 # --- where a key is written ---------------------------------------------------
 
+# Pattern sources, compiled (by re, once, into its cache) when a file is
+# scanned: a command on built-in defaults compiles none of them.
 _KEY_PART = r"""(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')"""
 _KEY_PATH = rf"{_KEY_PART}(?:\s*\.\s*{_KEY_PART})*"
-_HEADER = re.compile(rf"^\[\[?\s*({_KEY_PATH})\s*\]\]?")
-_ASSIGNMENT = re.compile(rf"^({_KEY_PATH})\s*=(.*)$")
-_SPLIT = re.compile(rf"{_KEY_PART}")
+_HEADER = rf"^\[\[?\s*({_KEY_PATH})\s*\]\]?"
+_ASSIGNMENT = rf"^({_KEY_PATH})\s*=(.*)$"
 
 
 def key_lines(text: str) -> dict[str, int]:
@@ -402,12 +402,12 @@ def key_lines(text: str) -> dict[str, int]:
             if line.count(in_string) % 2 == 1:
                 in_string = None
             continue
-        header = _HEADER.match(line)
+        header = re.match(_HEADER, line)
         if header:
             table = _parts(header[1])
             lines.setdefault(".".join(table), number)
             continue
-        assignment = _ASSIGNMENT.match(line)
+        assignment = re.match(_ASSIGNMENT, line)
         if assignment:
             path = [*table, *_parts(assignment[1])]
             for depth in range(1, len(path) + 1):
@@ -417,7 +417,7 @@ def key_lines(text: str) -> dict[str, int]:
 
 
 def _parts(path: str) -> list[str]:
-    return [part.strip("\"'") for part in _SPLIT.findall(path)]
+    return [part.strip("\"'") for part in re.findall(_KEY_PART, path)]
 
 
 def _opens_multiline(value: str) -> str | None:
@@ -464,8 +464,7 @@ def check_file(path: Path) -> list[Problem]:
 # --- what config show prints ------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     key: str
     value: Any
     source: str  # default, file, flag or env
@@ -499,8 +498,7 @@ def render_value(value: Any) -> str:
 # --- config set ----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Change:
+class Change(NamedTuple):
     path: Path
     key: str
     old: Any
@@ -622,8 +620,8 @@ def _is_table(item: Any) -> bool:
     return isinstance(item, dict) and not inline or isinstance(item, list)
 
 
-_HEADER_START = re.compile(r"^[ \t]*\[", re.M)
-_TRIVIA_LINE = re.compile(r"[ \t]*(#[^\n]*)?\n")
+_HEADER_START = r"(?m)^[ \t]*\["
+_TRIVIA_LINE = r"[ \t]*(#[^\n]*)?\n"
 
 
 def _end_of_top_level_keys(text: str) -> tuple[int, str]:
@@ -632,7 +630,7 @@ def _end_of_top_level_keys(text: str) -> tuple[int, str]:
     block that introduces the first table (so that comment stays with it)."""
     lines = text[: _first_header_offset(text)].splitlines(keepends=True)
     trailing = []
-    while lines and _TRIVIA_LINE.fullmatch(lines[-1]):
+    while lines and re.fullmatch(_TRIVIA_LINE, lines[-1]):
         trailing.insert(0, lines.pop())
     if lines:
         return sum(len(line) for line in lines), ""
@@ -644,7 +642,7 @@ def _end_of_top_level_keys(text: str) -> tuple[int, str]:
 def _first_header_offset(text: str) -> int:
     # A line that starts with "[" may sit inside a multi-line string: the
     # real first header is the first one whose prefix parses as keys only.
-    for match in _HEADER_START.finditer(text):
+    for match in re.finditer(_HEADER_START, text):
         try:
             prefix = tomlkit.parse(text[: match.start()])
         except tomlkit_exceptions.TOMLKitError:

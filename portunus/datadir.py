@@ -6,8 +6,8 @@ import os
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import structlog
 
@@ -21,8 +21,9 @@ LEGACY_FILES = ("identity.json", "tokens.json", "rules.json")
 CONFIG_FILE = "server.toml"
 
 
-@dataclass(frozen=True)
-class DataDir:
+# NamedTuples, not frozen dataclasses: defining a dataclass costs about a
+# millisecond at every start (docs/performance.md, "Cold start").
+class DataDir(NamedTuple):
     """A data dir and the well-known paths in it."""
 
     path: Path
@@ -204,8 +205,7 @@ _UNSUPPORTED_NAMES = {
 _LOCAL_NAMES = {*_LOCAL_MAGIC.values(), "ext2", "ext3"}
 
 
-@dataclass(frozen=True)
-class FilesystemProbe:
+class FilesystemProbe(NamedTuple):
     """What holds a path: the filesystem's name and whether the store may live there."""
 
     path: Path  # the nearest existing ancestor actually probed
@@ -250,8 +250,15 @@ def check_supported_filesystem(path: str | os.PathLike[str]) -> FilesystemProbe:
 
 def probe_filesystem(path: str | os.PathLike[str]) -> FilesystemProbe:
     probed = _nearest_existing(Path(os.path.abspath(path)))
+    named, by_device = _mountinfo_name(probed)
+    if by_device and (named in _LOCAL_NAMES or named in _UNSUPPORTED_NAMES):
+        # The entry of the very device holding the path names a filesystem we
+        # know, and statfs on that device could only agree (f_type comes from
+        # the same superblock): skip it, and the ctypes it needs, a few
+        # milliseconds of every `status` (docs/performance.md, "Cold start").
+        return FilesystemProbe(probed, named, _verdict(None, named))
     magic = _statfs_magic(probed)
-    name = _mountinfo_name(probed) or _UNSUPPORTED_MAGIC.get(magic) or _LOCAL_MAGIC.get(magic)
+    name = named or _UNSUPPORTED_MAGIC.get(magic) or _LOCAL_MAGIC.get(magic)
     name = name or ("unknown" if magic is None else f"unknown(0x{magic:x})")
     return FilesystemProbe(probed, name, _verdict(magic, name))
 
@@ -285,22 +292,23 @@ def _statfs_magic(path: Path) -> int | None:
     return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
 
 
-def _mountinfo_name(path: Path) -> str | None:
+def _mountinfo_name(path: Path) -> tuple[str | None, bool]:
     """The filesystem type /proc/self/mountinfo gives the mount holding
-    ``path``: matched by device number, else by the longest mount point."""
+    ``path``: matched by device number, else by the longest mount point;
+    and whether it was matched by device number."""
     try:
         text = Path("/proc/self/mountinfo").read_text("utf-8", "replace")
         device = os.stat(path).st_dev
     except OSError:
-        return None
+        return None, False
     mounts = [m for m in map(_parse_mountinfo_line, text.splitlines()) if m]
     by_device = [m for m in mounts if m[0] == (os.major(device), os.minor(device))]
     real = os.path.realpath(path)
     candidates = by_device or [m for m in mounts if _is_under(real, m[1])]
     if not candidates:
-        return None
+        return None, False
     # The longest mount point wins; among equals the last mounted (it shadows).
-    return max(reversed(candidates), key=lambda m: len(m[1]))[2]
+    return max(reversed(candidates), key=lambda m: len(m[1]))[2], bool(by_device)
 
 
 def _parse_mountinfo_line(line: str) -> tuple[tuple[int, int], str, str] | None:
@@ -317,6 +325,8 @@ def _parse_mountinfo_line(line: str) -> tuple[tuple[int, int], str, str] | None:
 
 def _unescape_octal(field: str) -> str:
     # mountinfo writes space, tab, newline and backslash as \ooo.
+    if "\\" not in field:
+        return field  # nearly every line: no pattern to compile at all
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
 
 

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from portunus import config, log
 from portunus.datadir import DataDir, resolve_data_dir
 from portunus.errors import UsageError
 
 
-@dataclass(frozen=True)
-class Runtime:
+# A NamedTuple, not a frozen dataclass: defining a dataclass costs about a
+# millisecond at every start (docs/performance.md, "Cold start").
+class Runtime(NamedTuple):
     data_dir: DataDir
     settings: config.Settings
     log_format: str

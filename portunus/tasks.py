@@ -531,7 +531,10 @@ def status(c, json=False):
     found = status_engine.status(
         rt.data_dir, Path(backup_dir).expanduser() if backup_dir else None, rt.settings.source
     )
-    rep = replication_settings.from_settings(rt.settings)
+    # Without a replica URL replication is off (from_settings gives None):
+    # not even its settings module is loaded then.
+    url = rt.settings.get("replication.url")
+    rep = replication_settings.from_settings(rt.settings) if url else None
     replicated = (
         replication_status.replication_status(rep, rt.data_dir, found.lock_holder) if rep else None
     )

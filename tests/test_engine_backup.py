@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import os
 import threading
 import time
@@ -14,9 +15,19 @@ import pytest
 
 from portunus import durable
 from portunus.engine import backup as backup_engine
-from portunus.engine.checksum import sha256_file, sidecar_path
+from portunus.engine.checksum import CHUNK, sha256_file, sidecar_path
 from portunus.errors import PortunusError
 from tests.test_cli_backup import listing, parse_backup_name, tmpfs
+
+
+@pytest.mark.parametrize("length", [0, 1, 4096, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 7])
+def test_sha256_file_reads_every_byte_whatever_the_size(tmp_path, length):
+    """A file under a chunk is read through a buffer of its own size, a
+    larger one in whole chunks: either way the digest and size are the file's."""
+    path = tmp_path / "f"
+    data = os.urandom(length)
+    path.write_bytes(data)
+    assert sha256_file(path) == (hashlib.sha256(data).hexdigest(), length)
 
 
 def test_backup_name_is_rfc3339_utc_whatever_the_local_zone():

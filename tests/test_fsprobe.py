@@ -10,7 +10,9 @@ from structlog.testing import capture_logs
 
 from portunus.datadir import (
     DataDir,
+    _mountinfo_name,
     _parse_mountinfo_line,
+    _statfs_magic,
     _verdict,
     check_supported_filesystem,
     filesystem_type,
@@ -70,6 +72,18 @@ def test_a_local_filesystem_passes_silently(tmp_path):
     with capture_logs() as logs:
         check_supported_filesystem(tmp_path)
     assert logs == []
+
+
+@pytest.mark.parametrize("where", ["tmp_path", "tmpfs"])
+def test_a_filesystem_named_by_its_device_gets_the_verdict_statfs_gives(where, request):
+    """The probe skips statfs (and ctypes) when mountinfo's entry for the
+    path's own device names a filesystem it knows: the answer is the one
+    statfs's magic number and that name give together."""
+    path = request.getfixturevalue(where)
+    name = _mountinfo_name(path)[0]
+    probe = probe_filesystem(path)
+    assert probe.name == name
+    assert probe.verdict == _verdict(_statfs_magic(path), name)
 
 
 @pytest.mark.parametrize(

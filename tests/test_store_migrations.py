@@ -79,6 +79,9 @@ def test_every_shipped_sql_file_is_a_numbered_migration():
     assert len(names) == len(migrations.available_migrations())
     assert [int(n[:4]) for n in names] == list(range(1, len(names) + 1))
     assert migrations.binary_schema_version() == len(names)
+    # Read straight from the directory (cold start), the same as importlib.resources gives.
+    texts = [MIGRATIONS_DIR.joinpath(n).read_text("utf-8") for n in names]
+    assert [m.sql for m in migrations.available_migrations()] == texts
 
 
 def test_new_store_gets_every_migration_in_order(tmp_path):

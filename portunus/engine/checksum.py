@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import mmap
 import os
 import re
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -28,9 +28,13 @@ def sha256_file(path: Path) -> tuple[str, int]:
     stays flat, and no chunk is allocated and freed (a GiB is 1,024 of them)."""
     digest = hashlib.sha256()
     size = 0
-    buffer = bytearray(CHUNK)
-    view = memoryview(buffer)
     with open(path, "rb", buffering=0) as f:
+        st = os.fstat(f.fileno())
+        # A smaller regular file gets a buffer of its size: zeroing a whole
+        # MiB costs about 0.5 ms, a noticeable part of `verify`'s cold start.
+        small = stat.S_ISREG(st.st_mode) and st.st_size < CHUNK
+        buffer = bytearray(st.st_size + 1 if small else CHUNK)
+        view = memoryview(buffer)
         while read := f.readinto(buffer):
             digest.update(view[:read])
             size += read
@@ -157,6 +161,8 @@ class TrailingSha256:
         offsets allow (the page cache hashed in place, no copy through a
         buffer; each window unmapped before the next, so memory stays flat),
         read into ``view`` otherwise."""
+        import mmap  # here: only a backup hashes this way, and `verify` starts faster
+
         while done < upto:
             if done % mmap.ALLOCATIONGRANULARITY == 0 and upto - done >= MAP_WINDOW:
                 mapped = mmap.mmap(self._fd, MAP_WINDOW, access=mmap.ACCESS_READ, offset=done)

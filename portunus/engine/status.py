@@ -10,23 +10,28 @@ creates nothing; otherwise the sidecars exist already.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import apsw
 
+from portunus import lazy
 from portunus.datadir import DataDir, probe_filesystem
-from portunus.engine import retention
 from portunus.errors import PortunusError
 from portunus.store import migrations
 from portunus.store.connection import close_quietly, open_artefact, open_readonly
 from portunus.store.lock import probe_holder
 from portunus.store.sqlitefile import is_sqlite_file
 
+# Loaded when there is a backup dir to scan: with none configured, `status`
+# does not pay for the retention engine (docs/performance.md, "Cold start").
+retention = lazy.module("portunus.engine.retention")
 
-@dataclass(frozen=True)
-class StoreStatus:
+
+# NamedTuples, not frozen dataclasses: defining a dataclass costs about a
+# millisecond at every start (docs/performance.md, "Cold start").
+class StoreStatus(NamedTuple):
     exists: bool
     bytes: int | None = None
     wal_bytes: int | None = None
@@ -35,8 +40,7 @@ class StoreStatus:
     problem: str | None = None  # why the schema version could not be read
 
 
-@dataclass(frozen=True)
-class BackupsStatus:
+class BackupsStatus(NamedTuple):
     dir: Path | None
     problem: str | None = None
     count: int = 0
@@ -47,8 +51,7 @@ class BackupsStatus:
     newest_age_seconds: int | None = None
 
 
-@dataclass(frozen=True)
-class Status:
+class Status(NamedTuple):
     data_dir: Path
     data_dir_exists: bool
     filesystem: str

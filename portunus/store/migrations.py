@@ -10,11 +10,11 @@ exactly at the version it had.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import apsw
 import structlog
@@ -27,15 +27,15 @@ log = structlog.get_logger()
 _MIGRATION_NAME = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
 
 
-@dataclass(frozen=True)
-class Migration:
+# NamedTuples, not frozen dataclasses: defining a dataclass costs about a
+# millisecond at every start (docs/performance.md, "Cold start").
+class Migration(NamedTuple):
     version: int
     name: str
     sql: str
 
 
-@dataclass(frozen=True)
-class Handshake:
+class Handshake(NamedTuple):
     """What the schema handshake found and did."""
 
     path: Path
@@ -51,13 +51,24 @@ class Handshake:
 def available_migrations() -> tuple[Migration, ...]:
     """Every migration shipped in this binary, in version order."""
     found = []
-    for entry in resources.files("portunus.store").joinpath("migrations").iterdir():
+    for entry in _migrations_dir().iterdir():
         match = _MIGRATION_NAME.fullmatch(entry.name)
         if match:
             found.append(Migration(int(match[1]), match[2], entry.read_text("utf-8")))
     found.sort(key=lambda m: m.version)
     assert [m.version for m in found] == list(range(1, len(found) + 1)), "gap in migrations"
     return tuple(found)
+
+
+def _migrations_dir() -> Any:
+    """The shipped ``.sql`` files: a directory beside this module in an
+    installed package, read directly; importlib.resources where there is
+    none (a zipped package). Its file readers load on first use, about
+    1.5 ms of every `status` and `verify` (docs/performance.md, "Cold start")."""
+    beside = Path(__file__).with_name("migrations")
+    if beside.is_dir():
+        return beside
+    return resources.files("portunus.store").joinpath("migrations")
 
 
 def binary_schema_version() -> int:

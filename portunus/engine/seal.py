@@ -14,10 +14,9 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from portunus import lazy
 from portunus.errors import (
@@ -45,10 +44,10 @@ def is_sealed(path: Path) -> bool:
         return f.read(len(AGE_HEADER)) == AGE_HEADER
 
 
-@dataclass(frozen=True)
-class Recipient:
+class Recipient(NamedTuple):
     """A parsed recipient, and the text it was parsed from (what the
-    encrypting process is handed, see :func:`encrypt_stream`)."""
+    encrypting process is handed, see :func:`encrypt_stream`). A NamedTuple:
+    `verify` imports this module, and a dataclass costs its cold start."""
 
     text: str
     key: Any

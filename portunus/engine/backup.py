@@ -54,6 +54,7 @@ STEP_PAGES = 4096  # 16 MiB at 4 KiB pages: progress every fraction of a second
 VERIFY_LEVELS = ("none", "quick", "full")
 UNSIDECARABLE = frozenset("\n\r\\")
 BACKGROUND_NICE = 10  # verification yields the cores to a server on the same machine
+HELD_CHECK_NICE = 5  # a check that holds the snapshot yields less (see _copy)
 NAME_ATTEMPTS = 100  # fresh names tried when concurrent backups share a directory
 # An unlocked temporary file untouched this long was left by a killed backup.
 STALE_TEMP_SECS = 60.0
@@ -294,7 +295,7 @@ def _seal_held(
             progress(min(upto // held_file.page_size, held_file.pages), held_file.pages)
 
     try:
-        with ThreadPoolExecutor(max_workers=1) as pool:  # as in _copy: holds the snapshot
+        with ThreadPoolExecutor(max_workers=1, initializer=_check_priority) as pool:  # as in _copy
             checked = pool.submit(_check_held, held_file.conn, level, source)
             seal.encrypt_stream(
                 frozen.first_page(held_file),
@@ -475,9 +476,9 @@ def _copy(
 
     try:
         # The check holds the snapshot (and the WAL's growth under writers)
-        # as long as it runs: it keeps its priority, as the copy does; the
-        # hash, which holds nothing, yields.
-        with ThreadPoolExecutor(max_workers=1) as pool:
+        # as long as it runs, so it yields less than the hash, which holds
+        # nothing: half way (docs/performance.md has both ends).
+        with ThreadPoolExecutor(max_workers=1, initializer=_check_priority) as pool:
             checked = pool.submit(_check_held, held_file.conn, check_level, source)
             fd = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC)
             try:
@@ -642,6 +643,10 @@ def _store_damaged_if_failed(source: Path, what: str) -> Iterator[None]:
             "nothing was published",
             path=str(source),
         ) from found
+
+
+def _check_priority() -> None:
+    lower_thread_priority(HELD_CHECK_NICE)
 
 
 def lower_thread_priority(increment: int = BACKGROUND_NICE) -> None:

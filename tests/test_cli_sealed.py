@@ -522,3 +522,108 @@ def test_a_sealed_backup_whose_copy_fails_its_check_publishes_nothing(cli, data_
     assert run.code == 7 and run.has_event("backup.verify_failed"), run.err
     assert os.listdir(out) == []
     assert [p for p in os.listdir(data_dir.path) if p.startswith(".")] == []
+
+
+def _encrypting_children() -> list[int]:
+    """Processes running the sealed backup's encrypting child."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"encrypt_io(Plaintext()" in cmdline:
+                found.append(int(entry))
+    return found
+
+
+def _ciphertext_started(dest: Path) -> bool:
+    return any(p.stat().st_size > 0 for p in dest.glob(".portunus-backup-*.tmp"))
+
+
+def test_the_encrypting_process_dies_with_a_killed_backup(store, dest, keys, env):
+    """The held store's bytes are encrypted in a child process: killed with
+    the backup (kill -9), it does not go on writing into the destination."""
+    padded(store, mib=160)
+    argv = [
+        sys.executable, "-m", "portunus", "--data-dir", str(store.path), "backup",
+        "--out", f"{dest}/", "--recipient", str(keys["one_recipient"]),
+    ]  # fmt: skip
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    # Ciphertext in the destination: the child is past its start-up (where
+    # it asks for the signal) and encrypting.
+    while not _ciphertext_started(dest) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    children = _encrypting_children()
+    for pid in children:
+        # Stopped, it could not finish on its own: only its parent's death
+        # (PR_SET_PDEATHSIG, SIGKILL) can end it now.
+        os.kill(pid, signal.SIGSTOP)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert children, "the backup finished before its encrypting process was seen"
+    deadline = time.monotonic() + 10
+    while set(children) & set(_encrypting_children()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not set(children) & set(_encrypting_children())
+    assert_no_plaintext(dest)
+
+
+def test_a_sealed_backup_to_a_full_disk_is_74_and_leaves_nothing(cli, store, keys, tmp_path):
+    """The encrypting process meets ENOSPC: the backup says the disk is
+    full (74), and neither ciphertext nor temporary file is left."""
+    from tests.test_cli_backup import tmpfs
+
+    padded(store)
+    with tmpfs(tmp_path / "full", "1m") as full:
+        run = cli(
+            "--data-dir", str(store.path), "backup", "--out", f"{full}/",
+            "--recipient", str(keys["one_recipient"]),
+        )  # fmt: skip
+        left = os.listdir(full)
+    assert run.code == 74, run.err
+    assert "disk is full" in run.err, run.err
+    assert left == []
+
+
+def test_a_store_that_cannot_be_held_is_sealed_from_a_private_copy(cli, store, dest, keys):
+    """A reader holding the WAL back (as Litestream does): the copy goes
+    through SQLite into a staging file in the data dir, is sealed from
+    there, and the staging file goes; the result opens the same way."""
+    import apsw
+
+    writer = apsw.Connection(str(store.state_db))
+    writer.execute("PRAGMA journal_mode=WAL").fetchall()
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    reader = apsw.Connection(str(store.state_db))
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM clients").fetchall()
+        with writer:
+            writer.execute("UPDATE clients SET name = name || '-renamed' WHERE name = 'edge1'")
+        run = cli(
+            "--data-dir", str(store.path), "backup", "--json", "--out", f"{dest}/",
+            "--recipient", str(keys["one_recipient"]),
+        )  # fmt: skip
+        reader.execute("COMMIT")
+    finally:
+        reader.close()
+        writer.close()
+    assert run.code == 0, run.err
+    summary = json.loads(run.out)
+    assert summary["copy_method"] == "backup_api"
+    assert_no_plaintext(dest)
+    assert [p for p in os.listdir(store.path) if p.startswith(".backup-stage-")] == []
+    restored = cli(
+        "--data-dir", str(store.path.parent / "restored"), "restore", "--in", summary["path"],
+        "--identity", str(keys["one"]),
+    )  # fmt: skip
+    assert restored.code == 0, restored.err
+    conn = apsw.Connection(str(store.path.parent / "restored" / "state.db"))
+    try:
+        names = {n for (n,) in conn.execute("SELECT name FROM clients")}
+    finally:
+        conn.close()
+    assert "edge1-renamed" in names

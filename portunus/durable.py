@@ -201,9 +201,11 @@ class BackgroundWriteback:
         while True:
             self._poked.wait()
             self._poked.clear()
-            if self._closing:
-                return
+            closing = self._closing
+            # Also when closing: the last poke may have come just before.
             start_writeback(self._fd)
+            if closing:
+                return
 
 
 def _rename_noreplace(src: Path, dst: Path) -> None:

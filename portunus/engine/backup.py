@@ -145,7 +145,7 @@ def backup(
     ``directory``: ``out`` is meant as a directory (``[backup] dir``, an
     ``--out DIR/``), so if it is not one that is refused, never a file of its
     name. ``recipients`` (parsed by :mod:`portunus.engine.seal`) seal it:
-    the store's bytes go through a pipe into the encrypting process while
+    the held store's bytes are read by an encrypting child process while
     they are checked, or (where the file cannot be held) are copied and
     checked in the data dir first; only their age encryption is written to
     the destination."""
@@ -280,10 +280,10 @@ def _seal_held(
     on_snapshot_released: Callable[[], None],
 ) -> tuple[_Copy, str, int]:
     """A sealed backup of the held file with no plaintext copy anywhere:
-    its bytes (page 1 made a rollback-journal file, as a plain copy's) go
-    through a pipe into the encrypting process (:func:`seal.encrypt_stream`)
-    while SQLite checks the same held bytes and the ciphertext is hashed
-    and written out as it grows. A failed check publishes nothing."""
+    its bytes (page 1 made a rollback-journal file, as a plain copy's) are
+    read by the encrypting process (:func:`seal.encrypt_stream`) while
+    SQLite checks the same held bytes and the ciphertext is hashed and
+    written out as it grows. A failed check publishes nothing."""
     version = _checked_version(held_file.conn, source, "its file, held unchanged")
     trail = TrailingSha256(tmp, lower_thread_priority)
     writeback = durable.BackgroundWriteback(tmp)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -155,6 +154,8 @@ def _verify_sealed(path: Path, identities: list[Any] | None, stage_in: Path | No
             **result.as_dict(),
         )
         return result
+    import tempfile  # here: only a sealed backup's verify needs it (cold start)
+
     private = Path(tempfile.mkdtemp(prefix=".verify-", dir=stage_in))  # mode 0700
     try:
         plain = private / "decrypted.db"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -68,6 +67,10 @@ def _migrations_dir() -> Any:
     beside = Path(__file__).with_name("migrations")
     if beside.is_dir():
         return beside
+    # Imported here: the newest invoke/structlog/apsw load it anyway, the
+    # minimum versions do not (tests/test_cold_start.py runs on both).
+    from importlib import resources
+
     return resources.files("portunus.store").joinpath("migrations")
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import apsw
 import pytest
 
+from bench import reliability
 from bench.reliability import artefact_digest, content_digest
 from portunus import testpoints
 from portunus.datadir import DataDir
@@ -182,39 +183,13 @@ class Shot:
         return f"kill {self.offset:.3f}s after {after}"
 
 
-class Victim:
-    """A ``portunus-server`` run the test may SIGKILL at a moment of its choosing."""
-
-    def __init__(self, env: dict[str, str], *args: str) -> None:
-        argv = [sys.executable, "-m", "portunus", "--log-format", "json", *args]
-        self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
+class Victim(reliability.Victim):
+    """A ``portunus-server`` run the test may SIGKILL at a moment of its
+    choosing: the reliability benchmark's, its probes given the pid."""
 
     def wait_for(self, probe: Probe) -> float | None:
         """Seconds from start until ``probe(pid)`` held; None if it exited first."""
-        while self.proc.poll() is None:
-            if probe(self.proc.pid):
-                return self.elapsed()
-            time.sleep(POLL_S)
-        return None
-
-    def kill_at(self, moment: float) -> bool:
-        """SIGKILL ``moment`` seconds after the start; False if it finished first
-        (and then it must have succeeded)."""
-        try:
-            self.proc.wait(timeout=max(0.0, moment - self.elapsed()))
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-        _, err = self.proc.communicate(timeout=CLI_TIMEOUT_S)
-        if self.proc.returncode == -signal.SIGKILL:
-            return True
-        assert self.proc.returncode == 0, err
-        return False
+        return super().wait_for(lambda: probe(self.proc.pid))
 
     def finish(self) -> float:
         """Let it run to a successful end; its duration."""

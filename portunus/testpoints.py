@@ -9,6 +9,9 @@ it exactly there, in a window too short to hit by timing
 - ``backup.sidecar_published``: a backup's sidecar has its final name and
   the backup itself does not yet.
 - ``managed.pruning``: a managed backup was published; pruning starts.
+- ``replication.before_exec``: the replicator's shim, about to become
+  Litestream (checked in ``portunus/replication/shim.py`` itself, which
+  imports nothing of portunus).
 
 ``PORTUNUS_TEST_FAIL_AT=<name>`` makes the point raise :class:`InjectedFault`
 instead: an exception the code does not expect, which is what exit 1

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from portunus import testpoints
 from portunus.datadir import DataDir
 from portunus.engine import tokens
 from tests import serving, support
@@ -148,6 +149,42 @@ def test_clean_stop_ships_every_acknowledged_write(serve_tmp, env, cli):
     run, fresh = restore_into(cli, serve_tmp, replica)
     assert run.code == 0, run.err
     assert set(names) <= client_names(fresh.state_db)
+
+
+def test_a_server_stopped_while_its_replicator_starts_still_ships_its_writes(serve_tmp, env, cli):
+    """The replicator is frozen before it becomes Litestream (a test point in
+    its shim): no control socket, nothing shipped. Writes are acknowledged,
+    the server is told to stop, and only then does Litestream start. The
+    stop waits for it and syncs, so the writes are in the replica; a stop
+    that gave up at once left the replica empty."""
+    replica = f"file://{serve_tmp / 'replica'}"
+    frozen_env = {**env, testpoints.ENV: "replication.before_exec"}
+    first = replicated(serve_tmp, replica, frozen_env)
+    assert wait_for_state(first.pid, "T"), "the replicator's shim did not stop itself"
+    names = ["early0", "early1"]
+    create_clients(first.server, first.admin, names)
+    first.server.proc.send_signal(signal.SIGTERM)
+    first.server.wait_for("server.stopping")
+    time.sleep(1.0)  # the stop is now waiting for a replicator that has not started
+    os.kill(first.pid, signal.SIGCONT)
+    assert first.server.stop() == 0
+    (stopped,) = [e for e in first.server.events() if e["event"] == "replication.stopped"]
+    assert stopped["final_sync"] is True
+    assert "replication.final_sync_failed" not in first.server.event_names()
+
+    run, fresh = restore_into(cli, serve_tmp, replica)
+    assert run.code == 0, run.err
+    assert set(names) <= client_names(fresh.state_db)
+
+
+def wait_for_state(pid: int, state: str, within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/stat") as stat:
+            if stat.read().rsplit(")", 1)[1].split()[0] == state:
+                return True
+        time.sleep(0.02)
+    return False
 
 
 def test_point_in_time_restore_between_two_batches(serve_tmp, env, cli):

@@ -27,6 +27,10 @@ def main() -> None:
     # Replication yields the CPU to the API: on a busy machine the replica
     # falls a little further behind rather than writes slowing down.
     os.nice(10)
+    # portunus.testpoints' point `replication.before_exec`, spelled out here
+    # (standard library only): a test freezes the replicator before it starts.
+    if os.environ.get("PORTUNUS_TEST_STOP_AT") == "replication.before_exec":
+        os.kill(os.getpid(), signal.SIGSTOP)
     os.execv(sys.argv[2], sys.argv[2:])
 
 

@@ -305,25 +305,55 @@ class Replicator:
             self.last_sync = when
 
     def _final_sync(self) -> bool:
-        """Ship everything committed so far; whether Litestream confirmed it."""
+        """Ship everything committed so far; whether Litestream confirmed it.
+
+        A replicator still starting (its control socket not there yet, the
+        store not yet open in it) is waited for, up to the drain timeout: a
+        server stopped moments after it started has acknowledged writes that
+        only this sync can ship, and a Litestream stopped before it opened
+        the store ships nothing on its own."""
         timeout = max(self._drain_secs, 1)
-        try:
-            result = self._request(
-                "POST",
-                "/sync",
-                {"path": str(self.db_path), "wait": True, "timeout": timeout},
-                timeout + 2.0,
-            )
-        except (OSError, ValueError, http.client.HTTPException) as exc:
-            log.warning(
-                "replication.final_sync_failed",
-                msg=f"the final sync did not finish within {timeout}s: {exc}",
-                hint="Litestream retries on its own shutdown; check the replica",
-                url=self.rep.public_url,
-            )
-            return False
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                result = self._request(
+                    "POST",
+                    "/sync",
+                    {"path": str(self.db_path), "wait": True, "timeout": max(1, int(left))},
+                    left + 2.0,
+                )
+                break
+            except (OSError, ValueError, http.client.HTTPException) as exc:
+                if _not_ready(exc) and left > 0.1 and self.running:
+                    time.sleep(0.05)
+                    continue
+                log.warning(
+                    "replication.final_sync_failed",
+                    msg=f"the final sync did not finish within {timeout}s: {exc}",
+                    hint="writes since the last sync may be missing from the replica; "
+                    "start the server again to ship them, then check the replica",
+                    url=self.rep.public_url,
+                )
+                return False
         self.last_sync = time.time()
         return result.get("replicated_txid", 0) >= result.get("txid", 0)
+
+
+class ControlError(OSError):
+    """Litestream's control socket answered with an error status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _not_ready(exc: BaseException) -> bool:
+    """Litestream is still starting: no socket yet, or the store not yet open
+    (404 not found, 409 not open)."""
+    if isinstance(exc, ControlError):
+        return exc.status in (404, 409)
+    return isinstance(exc, (FileNotFoundError, ConnectionRefusedError))
 
 
 def control_request(
@@ -338,7 +368,7 @@ def control_request(
         response = conn.getresponse()
         data = json.loads(response.read() or b"{}")
         if response.status != 200:
-            raise OSError(data.get("error") or f"HTTP {response.status}")
+            raise ControlError(response.status, data.get("error") or f"HTTP {response.status}")
         return data
     finally:
         conn.close()

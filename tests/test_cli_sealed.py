@@ -291,7 +291,7 @@ def test_a_flipped_byte_anywhere_is_7_and_changes_nothing(cli, store, dest, keys
     offset = {"header": 3, "stanza": 40, "middle": size // 2, "last": size - 1}[where]
     flip(sealed, offset)
     target = tmp_path / "restored"
-    # With its sidecar: the checksum catches it before any decryption.
+    # With its sidecar: the checksum mismatch is what is reported.
     with_sidecar = restore_into(cli, target, sealed, keys["one"])
     if where == "header":
         # Not age's header any more: refused as not a database at all.
@@ -304,6 +304,25 @@ def test_a_flipped_byte_anywhere_is_7_and_changes_nothing(cli, store, dest, keys
     assert_refused_cleanly(
         restore_into(cli, target, sealed, keys["one"]), target, "restore.decrypt_failed"
     )
+
+
+def test_an_authentic_sealed_backup_with_a_wrong_sidecar_is_a_checksum_mismatch(
+    cli, store, dest, keys, tmp_path
+):
+    """The sealed bytes are hashed beside the decryption, which succeeds
+    here: the mismatch alone must still refuse it, and leave nothing."""
+    sealed = sealed_backup(cli, store, dest, keys["one_recipient"])
+    sidecar = Path(f"{sealed}.sha256")
+    sidecar.write_text(f"{'0' * 64}  {sealed.name}\n")
+    target = tmp_path / "restored"
+    assert_refused_cleanly(
+        restore_into(cli, target, sealed, keys["one"]), target, "restore.checksum_mismatch"
+    )
+    stage = tmp_path / "verify-data"
+    stage.mkdir(mode=0o700)
+    run = cli("--data-dir", str(stage), "verify", str(sealed), "--identity", str(keys["one"]))
+    assert run.code == 7 and run.has_event("verify.checksum_mismatch"), run.err
+    assert list(stage.iterdir()) == []  # its private decrypted copy is gone
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.99])
@@ -526,6 +545,10 @@ def test_a_sealed_backup_whose_copy_fails_its_check_publishes_nothing(cli, data_
 
 def _encrypting_children() -> list[int]:
     """Processes running the sealed backup's encrypting child."""
+    return _processes_running(b"encrypt_io(Plaintext()")
+
+
+def _processes_running(marker: bytes) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -533,7 +556,7 @@ def _encrypting_children() -> list[int]:
                 cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
             except OSError:
                 continue
-            if b"encrypt_io(Plaintext()" in cmdline:
+            if marker in cmdline:
                 found.append(int(entry))
     return found
 
@@ -569,6 +592,44 @@ def test_the_encrypting_process_dies_with_a_killed_backup(store, dest, keys, env
         time.sleep(0.05)
     assert not set(children) & set(_encrypting_children())
     assert_no_plaintext(dest)
+
+
+def test_the_hashing_process_dies_with_a_killed_restore(cli, store, dest, keys, env, tmp_path):
+    """A sealed restore hashes the backup in a child process while it
+    decrypts: killed with the restore (kill -9), it does not live on."""
+    padded(store, mib=160)
+    sealed = sealed_backup(cli, store, dest, keys["one_recipient"])
+    argv = [
+        sys.executable, "-m", "portunus", "--data-dir", str(tmp_path / "restored"), "restore",
+        "--in", str(sealed), "--identity", str(keys["one"]),
+    ]  # fmt: skip
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    children: list[int] = []
+    # Hashing (its descriptor has moved): past its start-up, where it asks
+    # for the signal.
+    while not children and proc.poll() is None and time.monotonic() < deadline:
+        children = [p for p in _processes_running(b"hashlib.file_digest") if _has_read(p)]
+    for pid in children:
+        os.kill(pid, signal.SIGSTOP)  # only its parent's death can end it now
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert children, "the restore finished before its hashing process was seen"
+    deadline = time.monotonic() + 10
+    while set(children) & set(_processes_running(b"hashlib.file_digest")):
+        assert time.monotonic() < deadline, "the hashing process outlived its restore"
+        time.sleep(0.05)
+
+
+def _has_read(pid: int) -> bool:
+    """Whether the hashing process ``pid`` has begun reading its descriptor
+    (its last argument)."""
+    try:
+        fd = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").rsplit(b"\0", 1)[1]
+        info = Path(f"/proc/{pid}/fdinfo/{fd.decode()}").read_text()
+    except (OSError, IndexError):
+        return False
+    return int(info.split("pos:", 1)[1].split()[0]) > 0
 
 
 def test_a_sealed_backup_to_a_full_disk_is_74_and_leaves_nothing(cli, store, keys, tmp_path):

@@ -214,18 +214,21 @@ def _stage_and_check(
         source, mismatch_event="restore.checksum_mismatch", absent_event="restore.checksum_absent"
     )
     if identities:
-        # The sidecar covers the sealed bytes: checked before decrypting.
-        digest, size = sha256_file(source)
-        ensure_matches(source, expected, digest, event="restore.checksum_mismatch")
-        seal.decrypt(
+        # The sidecar covers the sealed bytes: hashed beside the decryption.
+        digest, size = seal.decrypt_checked(
             source,
             staged,
             identities,
+            expected,
             event="restore.decrypt_failed",
+            checksum_event="restore.checksum_mismatch",
             name=source,
             not_sqlite_event="restore.not_sqlite",
         )
-        _check_integrity(staged, source)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            flushed = pool.submit(durable.fsync_path, staged)  # beside the check
+            _check_integrity(staged, source)
+            flushed.result()
     else:
         _copy_file(source, staged)
         digest, size = _check_and_hash(staged, source, expected)

@@ -312,6 +312,48 @@ def decrypt(
         )
 
 
+def decrypt_checked(
+    src: Path,
+    dst: Path,
+    identities: list[Any],
+    expected: str | None,
+    *,
+    event: str,
+    checksum_event: str,
+    name: Path,
+    not_sqlite_event: str | None = None,
+) -> tuple[str, int]:
+    """:func:`decrypt`, while a process of its own hashes the sealed bytes
+    (the sidecar covers those) on the other core: (digest, size) of ``src``.
+    A checksum mismatch is reported before a failed decryption, as for a
+    plain backup: a damaged transfer is the likelier cause of both. The
+    caller removes ``dst`` on failure."""
+    from portunus.engine.checksum import Sha256Beside, ensure_matches
+
+    with open(src, "rb") as sealed:
+        hashing = Sha256Beside(sealed.fileno())
+        failure: PortunusError | None = None
+        try:
+            decrypt(
+                Path(f"/proc/self/fd/{sealed.fileno()}"),
+                dst,
+                identities,
+                event=event,
+                name=name,
+                not_sqlite_event=not_sqlite_event,
+            )
+        except PortunusError as exc:
+            failure = exc
+        except BaseException:
+            hashing.cancel()
+            raise
+        digest, size = hashing.result()
+    ensure_matches(name, expected, digest, event=checksum_event)
+    if failure is not None:
+        raise failure
+    return digest, size
+
+
 def _is_authentication_failure(exc: OSError) -> bool:
     """pyrage reports a chunk that fails authentication (a flipped byte, a
     truncation) as a bare OSError without an errno; the operating system's

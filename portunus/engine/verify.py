@@ -134,8 +134,8 @@ def _checked_sealed(path: Path) -> tuple[str, int, str | None]:
 
 
 def _verify_sealed(path: Path, identities: list[Any] | None, stage_in: Path | None) -> VerifyResult:
-    digest, size, expected = _checked_sealed(path)
     if not identities:
+        digest, size, expected = _checked_sealed(path)
         result = VerifyResult(
             path,
             size,
@@ -154,16 +154,22 @@ def _verify_sealed(path: Path, identities: list[Any] | None, stage_in: Path | No
             **result.as_dict(),
         )
         return result
+    expected = artefact.expected_checksum(
+        path, mismatch_event="verify.checksum_mismatch", absent_event="verify.checksum_absent"
+    )
     import tempfile  # here: only a sealed backup's verify needs it (cold start)
 
     private = Path(tempfile.mkdtemp(prefix=".verify-", dir=stage_in))  # mode 0700
     try:
         plain = private / "decrypted.db"
-        seal.decrypt(
+        # The sidecar covers the sealed bytes: hashed beside the decryption.
+        digest, size = seal.decrypt_checked(
             path,
             plain,
             identities,
+            expected,
             event="verify.decrypt_failed",
+            checksum_event="verify.checksum_mismatch",
             name=path,
             not_sqlite_event="verify.not_sqlite",
         )

@@ -93,6 +93,19 @@ def restore_into(cli, root: Path, replica_url: str, *extra: str) -> tuple[suppor
     return run, fresh
 
 
+def wait_until_shipped(cli, root: Path, replica_url: str, names: list[str], within=60.0) -> None:
+    """Until a restore from the replica (into a throwaway data dir) holds
+    ``names``: what a few sync intervals ship, without a fixed sleep that a
+    loaded machine (Litestream runs at nice 10) can outlast."""
+    deadline = time.monotonic() + within
+    while True:
+        run, fresh = restore_into(cli, root, replica_url)
+        if run.code == 0 and set(names) <= client_names(fresh.state_db):
+            return
+        assert time.monotonic() < deadline, f"not in the replica after {within}s:\n{run.err}"
+        time.sleep(0.5)
+
+
 @pytest.fixture
 def env(home: Path) -> dict[str, str]:
     return support.clean_env(home)
@@ -106,7 +119,7 @@ def test_disaster_drill_kill_9_then_restore_on_a_fresh_data_dir(serve_tmp, env, 
     first = replicated(serve_tmp, replica, env)
     names = [f"edge{i}" for i in range(20)]
     create_clients(first.server, first.admin, names)
-    time.sleep(5)  # several sync intervals
+    wait_until_shipped(cli, serve_tmp, replica, names)  # by the periodic sync alone
     first.server.stop(signal.SIGKILL)
     assert wait_until_gone(first.pid), "Litestream outlived its kill -9'd server"
 

@@ -97,16 +97,28 @@ def test_drill_against_s3_and_no_credential_in_any_output(serve_tmp, env, cli, s
     assert SECRET_KEY not in generated.read_text() and ACCESS_KEY not in generated.read_text()
     names = [f"s3-edge{i}" for i in range(10)]
     create_clients(first.server, first.admin, names)
-    time.sleep(5)
+    restore_config = write_config(serve_tmp / "restore.toml", free_port(),
+                                  replication={"url": replica, **extra})  # fmt: skip
+
+    def restored(fresh: Path) -> support.Run:
+        return support.run_cli("--data-dir", str(fresh), "--config", str(restore_config),
+                               "restore", "--from-replica", env=env)  # fmt: skip
+
+    # Shipped by the periodic sync alone (no fixed sleep: Litestream runs at
+    # nice 10, and a loaded machine can outlast any).
+    deadline = time.monotonic() + 60
+    while True:
+        probe = serve_tmp / f"probe-{time.monotonic_ns()}"
+        if restored(probe).code == 0 and set(names) <= client_names(probe / "state.db"):
+            break
+        assert time.monotonic() < deadline, "the writes did not reach the replica within 60 s"
+        time.sleep(0.5)
     first.server.stop(signal.SIGKILL)
     assert wait_until_gone(first.pid)
     outputs = [first.server.stderr()]
 
-    restore_config = write_config(serve_tmp / "restore.toml", free_port(),
-                                  replication={"url": replica, **extra})  # fmt: skip
     fresh = serve_tmp / "fresh"
-    run = support.run_cli("--data-dir", str(fresh), "--config", str(restore_config), "restore",
-                          "--from-replica", env=env)  # fmt: skip
+    run = restored(fresh)
     assert run.code == 0, run.err
     assert set(names) <= client_names(fresh / "state.db")
     outputs += [run.out, run.err]

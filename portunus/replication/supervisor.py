@@ -330,7 +330,7 @@ class Replicator:
                     continue
                 log.warning(
                     "replication.final_sync_failed",
-                    msg=f"the final sync did not finish within {timeout}s: {exc}",
+                    msg=f"the final sync did not complete (drain timeout {timeout}s): {exc}",
                     hint="writes since the last sync may be missing from the replica; "
                     "start the server again to ship them, then check the replica",
                     url=self.rep.public_url,

@@ -204,7 +204,8 @@ def test_point_in_time_restore_between_two_batches(serve_tmp, env, cli):
     replica = f"file://{serve_tmp / 'replica'}"
     first = replicated(serve_tmp, replica, env)
     create_clients(first.server, first.admin, ["before0", "before1"])
-    time.sleep(3)  # shipped, in an LTX file stamped before `between`
+    wait_until_shipped(cli, serve_tmp, replica, ["before0", "before1"])
+    time.sleep(1.1)  # `between` (whole seconds) after the LTX file that shipped them
     between = datetime.now(UTC).replace(microsecond=0)
     time.sleep(2)
     create_clients(first.server, first.admin, ["after0", "after1"])
@@ -295,9 +296,14 @@ def test_metrics_and_status_show_the_replica_without_credentials(serve_tmp, env,
     replica = f"file://{serve_tmp / 'replica'}"
     first = replicated(serve_tmp, replica, env)
     first.server.wait_for("replication.snapshot_written")
-    time.sleep(2)  # a sync interval or two
-    body = first.server.client().get("/metrics").text
-    samples = {s.name: s.value for f in text_string_to_metric_families(body) for s in f.samples}
+    deadline = time.monotonic() + 30  # the server asks its replicator every second
+    while True:
+        body = first.server.client().get("/metrics").text
+        families = text_string_to_metric_families(body)
+        samples = {s.name: s.value for f in families for s in f.samples}
+        if samples["portunus_replication_up"] == 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert samples["portunus_replication_up"] == 1
     assert samples["portunus_replication_last_sync_timestamp_seconds"] > time.time() - 60
     assert samples["portunus_replication_lag_seconds"] >= 0

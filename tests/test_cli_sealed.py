@@ -545,7 +545,7 @@ def test_a_sealed_backup_whose_copy_fails_its_check_publishes_nothing(cli, data_
 
 def _encrypting_children() -> list[int]:
     """Processes running the sealed backup's encrypting child."""
-    return _processes_running(b"encrypt_io(Plaintext()")
+    return _processes_running(b"encrypt_io(Plaintext(")
 
 
 def _processes_running(marker: bytes) -> list[int]:

@@ -284,38 +284,21 @@ def _seal_held(
     read by the encrypting process (:func:`seal.encrypt_stream`) while
     SQLite checks the same held bytes and the ciphertext is hashed and
     written out as it grows. A failed check publishes nothing."""
-    version = _checked_version(held_file.conn, source, "its file, held unchanged")
-    trail = TrailingSha256(tmp, lower_thread_priority)
-    writeback = durable.BackgroundWriteback(tmp)
 
-    def written(upto: int) -> None:
-        trail.advance(upto)
-        writeback.poke()
-        if progress:
-            progress(min(upto // held_file.page_size, held_file.pages), held_file.pages)
+    def encrypt(written: Callable[[int], None]) -> None:
+        first = frozen.first_page(held_file)
+        seal.encrypt_stream(first, held_file.fd, held_file.size, tmp, recipients, written)
 
+    version, trail = _write_held(
+        held_file, source, tmp, level, progress, on_snapshot_released, encrypt, hash_it=True
+    )
+    assert trail is not None
     try:
-        with ThreadPoolExecutor(max_workers=1, initializer=_check_priority) as pool:  # as in _copy
-            checked = pool.submit(_check_held, held_file.conn, level, source)
-            seal.encrypt_stream(
-                frozen.first_page(held_file),
-                held_file.fd,
-                held_file.size,
-                tmp,
-                recipients,
-                written,
-            )
-            checked.result()
-        held_file.release()
-        on_snapshot_released()
-        writeback.close()
         digest, size = trail.result(os.stat(tmp).st_size)
         durable.fsync_path(tmp)
     except BaseException:
         trail.cancel()
         raise
-    finally:
-        writeback.close()
     return _Copy(version, held_file.pages, 0, COPY_FILE, checked=True), digest, size
 
 
@@ -460,19 +443,61 @@ def _copy(
     is that of the bytes written. A copy through SQLite is checked after."""
     if held_file is None:
         return _copy_through_sqlite(source, tmp, tmp_fd, progress, on_snapshot_released)
-    version = _checked_version(held_file.conn, source, "its file, held unchanged")
-    trail = TrailingSha256(tmp, lower_thread_priority) if hash_copy else None
-    # The kernel writes the copy out as it is made (``tmp_fd`` given); the
-    # private staging copy of a sealed backup, never.
-    writeback = durable.BackgroundWriteback(tmp) if tmp_fd is not None else None
 
-    def copied(upto: int) -> None:
+    def copy(written: Callable[[int], None]) -> None:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            frozen.copy(held_file, fd, written)
+        finally:
+            os.close(fd)
+
+    version, trail = _write_held(
+        held_file,
+        source,
+        tmp,
+        check_level,
+        progress,
+        on_snapshot_released,
+        copy,
+        hash_it=hash_copy,
+        # The private staging copy of a sealed backup is never written back.
+        write_back=tmp_fd is not None,
+    )
+    size = held_file.size
+    hashed = (lambda: trail.result(size)) if trail is not None else None
+    return _Copy(version, held_file.pages, 0, COPY_FILE, hashed, checked=True)
+
+
+def _write_held(
+    held_file: frozen.Frozen,
+    source: Path,
+    tmp: Path,
+    check_level: str,
+    progress: Progress | None,
+    on_snapshot_released: Callable[[], None],
+    write: Callable[[Callable[[int], None]], None],
+    *,
+    hash_it: bool,
+    write_back: bool = True,
+) -> tuple[int, TrailingSha256 | None]:
+    """``write`` fills ``tmp`` from the held file, front to back, telling
+    how far it got; meanwhile SQLite checks the held bytes (``check_level``)
+    on the other core, ``tmp`` is hashed behind the writer (``hash_it``:
+    the returned :class:`TrailingSha256`, for the caller to finish) and
+    written out to the disk (``write_back``). The snapshot is released
+    once both are done. The schema version, and the hash."""
+    version = _checked_version(held_file.conn, source, "its file, held unchanged")
+    trail = TrailingSha256(tmp, lower_thread_priority) if hash_it else None
+    writeback = durable.BackgroundWriteback(tmp) if write_back else None
+
+    def written(upto: int) -> None:
         if trail is not None:
             trail.advance(upto)
         if writeback is not None:
             writeback.poke()
         if progress:
-            progress(upto // held_file.page_size, held_file.pages)
+            # A ciphertext outgrows the pages it holds.
+            progress(min(upto // held_file.page_size, held_file.pages), held_file.pages)
 
     try:
         # The check holds the snapshot (and the WAL's growth under writers)
@@ -480,11 +505,7 @@ def _copy(
         # nothing: half way (docs/performance.md has both ends).
         with ThreadPoolExecutor(max_workers=1, initializer=_check_priority) as pool:
             checked = pool.submit(_check_held, held_file.conn, check_level, source)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC)
-            try:
-                frozen.copy(held_file, fd, copied)
-            finally:
-                os.close(fd)
+            write(written)
             checked.result()
         held_file.release()
         on_snapshot_released()
@@ -495,9 +516,7 @@ def _copy(
     finally:
         if writeback is not None:
             writeback.close()
-    size = held_file.size
-    hashed = (lambda: trail.result(size)) if trail is not None else None
-    return _Copy(version, held_file.pages, 0, COPY_FILE, hashed, checked=True)
+    return version, trail
 
 
 def _check_held(conn: apsw.Connection, level: str, source: Path) -> None:

@@ -7,7 +7,6 @@ import hashlib
 import os
 import re
 import stat
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -42,21 +41,15 @@ def sha256_file(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-# The hashing process of :class:`Sha256Beside`: the sha256 and the size of
-# the file behind the inherited descriptor. It dies with the process that
-# started it. Standard library only (``-I``).
+# The hashing process of :class:`Sha256Beside` (portunus.engine.children):
+# the sha256 and the size of the file behind the inherited descriptor.
 _HASHING_CHILD = """
-import ctypes, hashlib, os, sys
-ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
-if os.getppid() != int(sys.argv[1]):
-    sys.exit(4)
-try:
+import hashlib
+
+def main():
     with os.fdopen(int(sys.argv[2]), "rb", buffering=0) as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
         print(digest, f.tell())
-except OSError as exc:
-    sys.stderr.write("%d %s\\n" % (exc.errno or 0, exc.strerror or exc))
-    sys.exit(3)
 """
 
 
@@ -67,22 +60,21 @@ class Sha256Beside:
     takes the other core instead of adding its time."""
 
     def __init__(self, fd: int) -> None:
-        import subprocess  # here: the light commands never spawn
+        from portunus.engine import children
 
         os.lseek(fd, 0, os.SEEK_SET)
-        self._child = subprocess.Popen(
-            [sys.executable, "-I", "-c", _HASHING_CHILD, str(os.getpid()), str(fd)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            pass_fds=(fd,),
+        self._child = children.spawn(
+            _HASHING_CHILD, [str(fd)], isolated=True, stdout=-1, stderr=-1, pass_fds=(fd,)
         )
 
     def result(self) -> tuple[str, int]:
         """(hex digest, size); OSError when the child could not read the file."""
+        from portunus.engine import children
+
         out, err = self._child.communicate()
-        if self._child.returncode != 0:
-            code, _, why = err.decode("utf-8", "replace").strip().rpartition("\n")[2].partition(" ")
-            raise OSError(int(code) if code.isdigit() else errno.EIO, why or "hashing failed")
+        failed = children.failure(self._child.returncode, err, "hashing")
+        if failed is not None:
+            raise failed
         digest, size = out.decode("ascii").split()
         return digest, int(size)
 

@@ -9,9 +9,7 @@ here assembles the format from primitives.
 
 from __future__ import annotations
 
-import errno
 import os
-import sys
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -185,43 +183,39 @@ def encrypt(src: Path, dst: Path, to: list[Recipient]) -> None:
     pyrage.encrypt_file(str(src), str(dst), [r.key for r in to])
 
 
-# The encrypting process: pyrage streams the plaintext (the first bytes
-# from stdin, the rest read from the inherited descriptor of the held file:
-# the plaintext never lands in a file) into the destination's temporary
-# file. It dies with the process that started it.
+# The encrypting process (portunus.engine.children): pyrage streams the
+# plaintext (the first bytes from stdin, the rest read from the inherited
+# descriptor of the held file: the plaintext never lands in a file) into
+# the destination's temporary file.
 _ENCRYPTING_CHILD = """
-import ctypes, errno, os, sys
-ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
-if os.getppid() != int(sys.argv[1]):
-    sys.exit(4)
+import errno
 from pyrage import encrypt_io, ssh, x25519
-dst, fd, start, end = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-keys = [(ssh if t.startswith("ssh-") else x25519).Recipient.from_str(t) for t in sys.argv[6:]]
+
+def main():
+    dst, fd, start, end = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+    keys = [(ssh if t.startswith("ssh-") else x25519).Recipient.from_str(t) for t in sys.argv[6:]]
+    with open(dst, "wb") as out:
+        encrypt_io(Plaintext(fd, start, end), out, keys)
 
 class Plaintext:
-    def __init__(self):
+    def __init__(self, fd, start, end):
         self.first = sys.stdin.buffer.read(start)
+        self.fd, self.start, self.end = fd, start, end
         self.offset = 0
 
     def read(self, n=-1):
+        start, end = self.start, self.end
         n = min(end if n is None or n < 0 else n, end - self.offset)
         if n <= 0:
             return b""
         if self.offset < start:
             data = self.first[self.offset : min(start, self.offset + n)]
         else:
-            data = os.pread(fd, n, self.offset)
+            data = os.pread(self.fd, n, self.offset)
         if not data:
             raise OSError(errno.EIO, "the source ended at byte %d" % self.offset)
         self.offset += len(data)
         return data
-
-try:
-    with open(dst, "wb") as out:
-        encrypt_io(Plaintext(), out, keys)
-except OSError as exc:
-    sys.stderr.write("%d %s\\n" % (exc.errno or 0, exc.strerror or exc))
-    sys.exit(3)
 """
 _POLL_SECS = 0.01
 
@@ -236,22 +230,17 @@ def encrypt_stream(
 ) -> None:
     """Encrypt ``prefix`` followed by bytes ``[len(prefix), end)`` of
     ``src_fd`` to ``to``, into the existing file ``dst`` (its mode and
-    owner kept), in a process of its own: pyrage holds the GIL for the
-    whole of a call (measured), so in this process nothing else could run
-    meanwhile; there, the check and the hash of the ciphertext run beside
-    the encryption, on the other core. Its ``encrypt_io`` reads the
-    plaintext through a small reader (as fast as its file-to-file call:
-    docs/performance.md) and writes through a buffered file. ``on_written``
-    gets how much ciphertext is in ``dst`` as it grows (age writes it front
-    to back), last its whole size. OSError when the encryption fails (the
-    disk filling up, say)."""
-    import subprocess  # here: the light commands that import this module never spawn
+    owner kept), in a process of its own (:mod:`portunus.engine.children`):
+    meanwhile the check and the hash of the ciphertext run here, on the
+    other core. Its ``encrypt_io`` reads the plaintext through a small
+    reader (as fast as its file-to-file call: docs/performance.md) and
+    writes through a buffered file. ``on_written`` gets how much ciphertext
+    is in ``dst`` as it grows (age writes it front to back), last its whole
+    size. OSError when the encryption fails (the disk filling up, say)."""
+    from portunus.engine import children
 
-    argv = [sys.executable, "-c", _ENCRYPTING_CHILD, str(os.getpid()), str(dst)]
-    argv += [str(src_fd), str(len(prefix)), str(end)] + [r.text for r in to]
-    child = subprocess.Popen(
-        argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(src_fd,)
-    )
+    args = [str(dst), str(src_fd), str(len(prefix)), str(end)] + [r.text for r in to]
+    child = children.spawn(_ENCRYPTING_CHILD, args, stdin=-1, stderr=-1, pass_fds=(src_fd,))
     assert child.stdin is not None and child.stderr is not None
     try:
         try:
@@ -267,13 +256,10 @@ def encrypt_stream(
         raise
     finally:
         child.wait()
-    failure = child.stderr.read().decode("utf-8", "replace").strip()
-    child.stderr.close()
-    if child.returncode != 0:
-        code, _, why = failure.rpartition("\n")[2].partition(" ")
-        raise OSError(
-            int(code) if code.isdigit() else errno.EIO, why or failure or "encryption failed"
-        )
+    with child.stderr:
+        failed = children.failure(child.returncode, child.stderr.read(), "encryption")
+    if failed is not None:
+        raise failed
     on_written(os.stat(dst).st_size)
 
 

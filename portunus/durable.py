@@ -11,6 +11,7 @@ import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from portunus.errors import WouldOverwrite
 
@@ -168,6 +169,116 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
     while data:
         written = os.pwrite(fd, data, offset)
         data, offset = data[written:], offset + written
+
+
+DIRECT_ALIGN = 4096  # O_DIRECT offsets, lengths and buffers: any block size up to 4 KiB
+PIPE_CHUNK = 4 << 20  # each of copy_hashed's buffers
+PIPE_DEPTH = 3  # buffers in flight: one read, one hashed, one written
+
+
+def open_direct(path: Path) -> int | None:
+    """A write descriptor of ``path`` that bypasses the page cache
+    (``O_DIRECT``), or None where the platform or the filesystem refuses it."""
+    flag = getattr(os, "O_DIRECT", 0)
+    if not flag:
+        return None
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CLOEXEC | flag)
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+            return None
+        raise
+
+
+def copy_hashed(
+    src_fd: int,
+    dst_fd: int,
+    end: int,
+    digest: Any,
+    on_chunk: Callable[[int], None] | None = None,
+    *,
+    head: bytes = b"",
+    direct_fd: int | None = None,
+) -> bool:
+    """Copy bytes ``[0, end)`` of ``src_fd`` to the same offsets of the file
+    open as ``dst_fd``, with ``head`` in place of its first bytes, and feed
+    ``digest`` (a hashlib object) the bytes written, in order.
+
+    The bytes pass through a few page-aligned buffers (memory stays flat):
+    one is read while the one before is hashed (hashlib lets go of the GIL)
+    and the one before that is written. Given ``direct_fd`` (from
+    :func:`open_direct`, the same file), whole blocks are written past the
+    page cache: no GiB of fresh dirty pages for the kernel to allocate and
+    then write back while other programs wait for their own fsyncs, and the
+    hash is of the very bytes handed to the disk. The tail that is not a
+    whole block, and every write once the filesystem refuses direct I/O
+    (EINVAL), go through ``dst_fd``. ``on_chunk`` gets the offset written up
+    to, in order. A source shorter than ``end`` is an error (EIO). True if
+    the whole blocks went past the page cache."""
+    import mmap
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    direct = direct_fd is not None
+
+    def write(view: memoryview, offset: int) -> None:
+        nonlocal direct
+        if direct and len(view) % DIRECT_ALIGN == 0:
+            try:
+                _pwrite_all(direct_fd, view, offset)
+                return
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                direct = False  # accepted at open, refused here: the page cache then
+        _pwrite_all(dst_fd, view, offset)
+
+    # Anonymous maps: page-aligned, as O_DIRECT wants. Unmapped when the
+    # last view of them goes, after every thread is done with them.
+    views = [memoryview(mmap.mmap(-1, PIPE_CHUNK)) for _ in range(PIPE_DEPTH)]
+    in_flight: deque = deque()
+    with ThreadPoolExecutor(1) as hasher, ThreadPoolExecutor(1) as writer:
+        try:
+            offset = turn = 0
+            while offset < end:
+                if len(in_flight) == PIPE_DEPTH:
+                    _finish_oldest(in_flight, on_chunk)
+                view = views[turn % PIPE_DEPTH]
+                turn += 1
+                read = os.preadv(src_fd, [view[: min(PIPE_CHUNK, end - offset)]], offset)
+                if read == 0:
+                    raise OSError(errno.EIO, f"the source ended at byte {offset}, not {end}")
+                if offset < len(head):
+                    patched = min(read, len(head) - offset)
+                    view[:patched] = head[offset : offset + patched]
+                chunk = view[:read]
+                in_flight.append(
+                    (
+                        hasher.submit(digest.update, chunk),
+                        writer.submit(write, chunk, offset),
+                        offset + read,
+                    )
+                )
+                offset += read
+            while in_flight:
+                _finish_oldest(in_flight, on_chunk)
+        finally:
+            # On a failure the queued work is dropped; the executors' exit
+            # waits for what already runs.
+            for hashed, wrote, _ in in_flight:
+                hashed.cancel()
+                wrote.cancel()
+    return direct
+
+
+def _finish_oldest(in_flight: Any, on_chunk: Callable[[int], None] | None) -> None:
+    hashed, wrote, upto = in_flight.popleft()
+    try:
+        hashed.result()
+    finally:
+        wrote.result()
+    if on_chunk is not None:
+        on_chunk(upto)
 
 
 class BackgroundWriteback:

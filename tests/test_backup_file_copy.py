@@ -130,6 +130,118 @@ def test_while_held_the_file_does_not_change_and_writers_still_commit(store):
         writer.close()
 
 
+def test_no_snapshot_is_taken_on_a_wal_all_in_the_file_while_a_writer_goes_on(store, monkeypatch):
+    """A writer's own checkpoint often leaves the whole WAL in the file just
+    as the write lock comes free. A read transaction begun then reads the
+    file alone, and every checkpoint of the writer's after it would index
+    the whole growing WAL and report busy (a max-rate writer fell to 10 %).
+    So that attempt is given up, and the next one, after the writer has
+    begun a new WAL, holds a WAL read mark that checkpoints stop at."""
+    writer = _writer(store)
+    attempts: list[bool] = []
+    real = frozen._try_freeze
+
+    def attempt(*args):
+        if len(attempts) == 1:
+            _add_rows(writer, 10, 5)  # the writer commits between two attempts
+        held = real(*args)
+        attempts.append(held)
+        return held
+
+    try:
+        _add_rows(writer, 0, 10)
+        assert writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0][0] == 0
+        monkeypatch.setattr(frozen, "_try_freeze", attempt)
+        held = frozen.freeze(store.state_db)
+        assert held is not None
+        try:
+            assert attempts == [False, True]
+            _add_rows(writer, 15, 300)
+            busy, frames, done = writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+            assert busy == 0 and 0 < done < frames
+            counted = "SELECT count(*) FROM audit_log WHERE resource LIKE 'row-%'"
+            assert held.conn.execute(counted).fetchall() == [(15,)]
+        finally:
+            held.close_file()
+    finally:
+        writer.close()
+
+
+def test_an_idle_store_with_its_wal_all_in_the_file_is_still_held(store, monkeypatch):
+    """No writer begins a new WAL: after a few attempts the store is taken
+    to be idle and its file held as it is, not copied the slow way."""
+    writer = _writer(store)
+    try:
+        _add_rows(writer, 0, 10)
+        writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        tries: list[bool] = []
+        real = frozen._try_freeze
+        monkeypatch.setattr(frozen, "_try_freeze", lambda *a: tries.append(real(*a)) or tries[-1])
+        held = frozen.freeze(store.state_db)
+        assert held is not None
+        held.close_file()
+        assert tries == [False] * frozen.FILE_ALONE_ATTEMPTS + [True]
+        # Reading the WAL-index kept the read transaction's locks: nothing
+        # was closed under them (the store still opens, whole).
+        assert _rows(store.state_db) >= {f"row-{i}" for i in range(10)}
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("length", [0, 4096, 3 * (1 << 20) + 12345, 9 * (1 << 20)])
+@pytest.mark.parametrize("direct", [True, False])
+def test_copy_hashed_writes_and_hashes_every_byte_with_its_head(tmp_path, length, direct):
+    """Through the buffers, past the page cache or not: the file is the
+    source with its head replaced, the digest is the file's, whole blocks
+    (all but an odd tail) went past the page cache where the filesystem
+    allows, and the offsets reported grow to the end."""
+    data = os.urandom(length)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.write_bytes(data)
+    dst.write_bytes(b"")
+    head = b"H" * 100 if length else b""
+    digest = hashlib.sha256()
+    seen: list[int] = []
+    fd = os.open(dst, os.O_WRONLY)
+    direct_fd = durable.open_direct(dst) if direct else None
+    try:
+        with open(src, "rb") as s:
+            went_direct = durable.copy_hashed(
+                s.fileno(), fd, length, digest, seen.append, head=head, direct_fd=direct_fd
+            )
+    finally:
+        os.close(fd)
+        if direct_fd is not None:
+            os.close(direct_fd)
+    expected = head + data[len(head) :]
+    assert dst.read_bytes() == expected
+    assert digest.hexdigest() == hashlib.sha256(expected).hexdigest()
+    assert went_direct == (direct_fd is not None)
+    assert seen == sorted(seen) and (seen[-1] if seen else 0) == length
+
+
+def test_copy_hashed_of_a_source_shorter_than_promised_is_an_error(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.write_bytes(b"x" * 10_000)
+    dst.write_bytes(b"")
+    with open(src, "rb") as s, open(dst, "wb") as d, pytest.raises(OSError, match="ended at byte"):
+        durable.copy_hashed(s.fileno(), d.fileno(), 20_000, hashlib.sha256())
+
+
+def test_a_backup_writes_its_copy_past_the_page_cache(store, tmp_path, monkeypatch):
+    """The backup's copy goes to the disk directly where the filesystem
+    takes O_DIRECT: no GiB of dirty pages for everyone else's fsyncs to
+    queue behind. The artefact is whole and its sidecar is its digest."""
+    opened: list[int | None] = []
+    real = durable.open_direct
+    monkeypatch.setattr(durable, "open_direct", lambda p: opened.append(real(p)) or opened[-1])
+    result = backup_engine.backup(store, tmp_path / "b.db")
+    assert opened and opened[0] is not None  # ext4/xfs/btrfs here: taken
+    assert result.copy_method == backup_engine.COPY_FILE
+    assert sha256_file(result.path)[0] == result.sha256
+    assert _rows(result.path)
+
+
 def test_without_write_access_commits_left_in_the_wal_are_copied_through_sqlite(
     shared_tmp: Path,
 ):

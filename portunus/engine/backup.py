@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import re
 import stat
@@ -438,20 +439,27 @@ def _copy(
     the file copy is hashed as it is written (see :class:`_Copy`).
 
     The file copy is checked (``check_level``) while it is made: SQLite
-    reads the held file, the very bytes the kernel copies (page for page,
-    header bytes 18-19 aside), on the other core; the sha256 in the sidecar
-    is that of the bytes written. A copy through SQLite is checked after."""
+    reads the held file, the very bytes copied (page for page, header bytes
+    18-19 aside), on the other core; the sha256 in the sidecar is that of the
+    bytes written, hashed on their way to the disk. A copy through SQLite is
+    checked after."""
     if held_file is None:
         return _copy_through_sqlite(source, tmp, tmp_fd, progress, on_snapshot_released)
+    digest = hashlib.sha256()
 
     def copy(written: Callable[[int], None]) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC)
+        # The private staging copy of a sealed backup is removed within
+        # seconds: it stays in the page cache, mostly never written at all.
+        direct_fd = durable.open_direct(tmp) if tmp_fd is not None else None
         try:
-            frozen.copy(held_file, fd, written)
+            frozen.copy(held_file, fd, digest, written, direct_fd)
         finally:
             os.close(fd)
+            if direct_fd is not None:
+                os.close(direct_fd)
 
-    version, trail = _write_held(
+    version, _ = _write_held(
         held_file,
         source,
         tmp,
@@ -459,12 +467,11 @@ def _copy(
         progress,
         on_snapshot_released,
         copy,
-        hash_it=hash_copy,
-        # The private staging copy of a sealed backup is never written back.
+        hash_it=False,
         write_back=tmp_fd is not None,
     )
     size = held_file.size
-    hashed = (lambda: trail.result(size)) if trail is not None else None
+    hashed = (lambda: (digest.hexdigest(), size)) if hash_copy else None
     return _Copy(version, held_file.pages, 0, COPY_FILE, hashed, checked=True)
 
 

@@ -14,10 +14,11 @@ at most of a writer's time). In rollback-journal mode the read
 transaction's SHARED lock keeps every writer from committing: the same
 guarantee.
 
-The copy is then page 1, made a rollback-journal file (header bytes 18-19,
-what ``PRAGMA journal_mode=DELETE`` writes: a standalone artefact needs no
--wal), and the rest byte for byte through copy_file_range. Page 1 goes
-first, so the checksum can follow the copy instead of waiting for it.
+The copy is then the file byte for byte, page 1 made a rollback-journal
+file (header bytes 18-19, what ``PRAGMA journal_mode=DELETE`` writes: a
+standalone artefact needs no -wal), hashed on its way to the disk and
+written past the page cache where the filesystem allows
+(:func:`portunus.durable.copy_hashed`).
 
 Where that state cannot be had (read-only access to the store, so no
 checkpoint; a reader holding an older snapshot that no checkpoint can pass,
@@ -28,10 +29,12 @@ returns None and the backup takes SQLite's Online Backup API instead.
 from __future__ import annotations
 
 import os
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import apsw
 
@@ -39,6 +42,9 @@ from portunus import durable
 from portunus.store.connection import close_quietly
 
 ATTEMPTS = 20  # a checkpoint running elsewhere, or one frame short: try again
+# A snapshot that would read the file alone is refused this many times
+# (see _try_freeze); after that the store is taken to be idle.
+FILE_ALONE_ATTEMPTS = 5
 LOCK_WAIT_SECS = 1.0  # for the write lock, per attempt; writers hold it for microseconds
 RETRY_SLEEP_SECS = 0.002
 _BUSY_SLEEP_SECS = 0.0005  # polled: SQLite's own busy handler sleeps up to 100 ms at a time
@@ -99,8 +105,9 @@ def freeze(source: Path) -> Frozen | None:
         )
         snap.setbusytimeout(int(LOCK_WAIT_SECS * 1000))
         wal = snap.execute("PRAGMA journal_mode").fetchall()[0][0] == "wal"
-        for _ in range(ATTEMPTS):
-            if _try_freeze(locker, snap, ckpt, wal):
+        shm = Path(f"{source}-shm") if wal else None
+        for attempt in range(ATTEMPTS):
+            if _try_freeze(locker, snap, ckpt, shm, attempt >= FILE_ALONE_ATTEMPTS):
                 page_size = snap.execute("PRAGMA page_size").fetchall()[0][0]
                 pages = snap.execute("PRAGMA page_count").fetchall()[0][0]
                 fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
@@ -118,7 +125,11 @@ def freeze(source: Path) -> Frozen | None:
 
 
 def _try_freeze(
-    locker: apsw.Connection, snap: apsw.Connection, ckpt: apsw.Connection, wal: bool
+    locker: apsw.Connection,
+    snap: apsw.Connection,
+    ckpt: apsw.Connection,
+    shm: Path | None,
+    file_alone_ok: bool,
 ) -> bool:
     """Under the write lock: the read transaction begins, then a checkpoint
     must copy every frame up to it into the file.
@@ -134,9 +145,16 @@ def _try_freeze(
     So no checkpoint runs first to shorten the locked one: it would leave the
     WAL all in the file whenever no commit came between. The locked one
     copies what the writers' own checkpoints left (up to their threshold,
-    1000 pages by default: milliseconds). On a store with nothing in its WAL
-    the transaction reads the file alone, which no writer is then
-    checkpointing."""
+    1000 pages by default: milliseconds).
+
+    The write lock is mostly had while a writer checkpoints (it commits,
+    lets the lock go and checkpoints without it), so often just after such
+    a checkpoint has put the whole WAL in the file: the read transaction
+    would then read the file alone, as above. So unless ``file_alone_ok``
+    (the store is idle: several attempts found it so), a read transaction
+    that began while the WAL-index (``shm``, the -shm file; None: not WAL)
+    said every frame was in the file is given up and tried again: by then a
+    busy writer has begun a new WAL."""
     deadline = time.monotonic() + LOCK_WAIT_SECS
     locker.setbusyhandler(lambda _tries: _wait_until(deadline))
     locker.execute("BEGIN IMMEDIATE")
@@ -145,7 +163,10 @@ def _try_freeze(
         # lock is ours, so no frame is added until it is let go.
         snap.execute("BEGIN")
         snap.execute("SELECT 1 FROM sqlite_schema LIMIT 1").fetchall()
-        if wal:
+        if shm is not None:
+            if not file_alone_ok and _all_in_file(shm):
+                snap.execute("ROLLBACK")
+                return False
             busy, frames, backfilled = ckpt.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
             if busy or frames < 0 or frames != backfilled:
                 # Another checkpoint ran, or a reader holds frames back: the
@@ -155,6 +176,47 @@ def _try_freeze(
         return True
     finally:
         locker.execute("ROLLBACK")
+
+
+def _all_in_file(shm: Path) -> bool:
+    """Whether the WAL-index says every frame of the WAL is in the database
+    file (or the WAL is empty). Asked after a read transaction began, under
+    the write lock: checkpoints only add to the count, so a WAL not all in
+    the file now was not then either, and that reader took a WAL read mark.
+
+    The WAL-index is read where this process's SQLite has it mapped
+    (/proc/self/maps, /proc/self/mem), never through a descriptor of the
+    -shm file: closing one would drop every POSIX lock the process holds on
+    it, the read transaction's among them. Its header (native byte order)
+    holds ``mxFrame`` at byte 16, and the checkpoint info after the
+    header's two copies ``nBackfill`` at byte 96
+    (https://sqlite.org/walformat.html). Not mapped, or not Linux: False,
+    the snapshot is taken as it is."""
+    address = _mapped_at(shm)
+    if address is None:
+        return False
+    try:
+        with open("/proc/self/mem", "rb", buffering=0) as mem:
+            header = os.pread(mem.fileno(), 100, address)
+        (frames,) = struct.unpack_from("=I", header, 16)
+        (backfilled,) = struct.unpack_from("=I", header, 96)
+    except (OSError, struct.error):
+        return False
+    return backfilled >= frames
+
+
+def _mapped_at(path: Path) -> int | None:
+    """The address this process maps ``path`` at from its first byte, if it does."""
+    try:
+        wanted = os.path.realpath(path)
+        with open("/proc/self/maps", encoding="utf-8", errors="surrogateescape") as maps:
+            for line in maps:
+                fields = line.rstrip("\n").split(maxsplit=5)
+                if len(fields) == 6 and fields[5] == wanted and int(fields[2], 16) == 0:
+                    return int(fields[0].partition("-")[0], 16)
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def _wait_until(deadline: float) -> bool:
@@ -174,11 +236,24 @@ def first_page(frozen: Frozen) -> bytes:
     return bytes(first)
 
 
-def copy(frozen: Frozen, dst_fd: int, on_copied: Callable[[int], None]) -> None:
-    """Copy the frozen store's pages into ``dst_fd`` (an empty file): page 1
-    made a rollback-journal file, then the rest as they are. ``on_copied``
-    gets the offset written up to after page 1 and after each chunk (the
-    writeback is the caller's: it would slow this copy to the disk's pace)."""
-    os.pwrite(dst_fd, first_page(frozen), 0)
-    on_copied(frozen.page_size)
-    durable.copy_range(frozen.fd, dst_fd, frozen.page_size, frozen.size, on_copied, writeback=False)
+def copy(
+    frozen: Frozen,
+    dst_fd: int,
+    digest: Any,
+    on_copied: Callable[[int], None],
+    direct_fd: int | None = None,
+) -> bool:
+    """Copy the frozen store's pages into ``dst_fd`` (an empty file), page 1
+    made a rollback-journal file and the rest as they are, feeding
+    ``digest`` the bytes written; ``on_copied`` gets the offset written up
+    to after each chunk (:func:`durable.copy_hashed`, past the page cache
+    through ``direct_fd`` where given). True if it all went past it."""
+    return durable.copy_hashed(
+        frozen.fd,
+        dst_fd,
+        frozen.size,
+        digest,
+        on_copied,
+        head=first_page(frozen),
+        direct_fd=direct_fd,
+    )

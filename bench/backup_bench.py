@@ -29,9 +29,29 @@ from bench.measure import Measured, read_through, run_measured, settle
 from bench.writer import Writer
 
 REPO = Path(__file__).resolve().parent.parent
+# settle: the pause before each idle copy and each restore. Free memory
+# turns "cold" within about two seconds on VMs that hand it back to their
+# host (free page reporting), and a GiB of page cache then costs 1.2-1.5 s
+# of system time to fill; with a short pause, whichever run came right after
+# another's freed GiB had it warm. Every run starts from the same idle
+# machine instead (docs/performance.md, "Past the page cache").
 PROFILES = {
-    "full": {"size_mib": 1024, "repeat": 3, "cap": 60.0, "warmup": 1.0, "baseline": 4.0},
-    "quick": {"size_mib": 64, "repeat": 1, "cap": 10.0, "warmup": 0.3, "baseline": 1.0},
+    "full": {
+        "size_mib": 1024,
+        "repeat": 3,
+        "cap": 60.0,
+        "warmup": 1.0,
+        "baseline": 4.0,
+        "settle": 3.0,
+    },
+    "quick": {
+        "size_mib": 64,
+        "repeat": 1,
+        "cap": 10.0,
+        "warmup": 0.3,
+        "baseline": 1.0,
+        "settle": 0.3,
+    },
 }
 SEED = 20261127
 IDLE_CAP = 600.0  # idle copies are not raced against a writer: only a hang guard
@@ -49,6 +69,7 @@ class Settings:
     cap: float
     warmup: float
     baseline: float
+    settle: float
     rate: int
     seed: int
     workdir: Path
@@ -172,7 +193,7 @@ def idle_copies(s: Settings, wd: Workdir, rec: Recorder, expected: dict[str, int
         for approach in report.IDLE_ORDER:
             dst = wd.artefact if approach == "portunus_backup" else wd.out / "copy.db"
             _clear(dst)
-            settle()
+            settle(s.settle)
             m = run_measured(_idle_commands(approach, wd, dst), cap=IDLE_CAP)
             ok = m.completed and _output_ok(dst, expected)
             rec.add(run_record("idle", approach, rep, m, output_ok=ok))
@@ -285,7 +306,7 @@ def restores(s: Settings, wd: Workdir, rec: Recorder, expected: dict[str, int]) 
                 cmds = commands.portunus_restore(target, wd.artefact)
             else:
                 cmds = commands.cp_fsync(wd.artefact, target / "state.db")
-            settle()
+            settle(s.settle)
             m = run_measured(cmds, cap=IDLE_CAP)
             ok = m.completed and _output_ok(target / "state.db", expected)
             rec.add(run_record("restore", approach, rep, m, output_ok=ok))
@@ -303,6 +324,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings | N
     parser.add_argument("--size-mib", type=int, help="store size (default 1024; quick 64)")
     parser.add_argument("--repeat", type=int, help="runs of each approach (default 3; quick 1)")
     parser.add_argument("--cap", type=float, help="give up a backup under load after this (s)")
+    parser.add_argument(
+        "--settle", type=float, help="pause before each idle copy and restore, s (3; quick 0.3)"
+    )
     parser.add_argument("--rate", type=int, default=500, help="rate-limited writer, commits/s")
     parser.add_argument("--seed", type=int, default=SEED, help="store generator seed")
     parser.add_argument(

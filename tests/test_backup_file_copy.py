@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 from pathlib import Path
 
 import apsw
@@ -168,8 +169,9 @@ def test_no_snapshot_is_taken_on_a_wal_all_in_the_file_while_a_writer_goes_on(st
 
 
 def test_an_idle_store_with_its_wal_all_in_the_file_is_still_held(store, monkeypatch):
-    """No writer begins a new WAL: after a few attempts the store is taken
-    to be idle and its file held as it is, not copied the slow way."""
+    """No writer begins a new WAL: the second attempt sees the WAL-index as
+    the first did, takes the store to be idle and holds its file as it is,
+    not copied the slow way."""
     writer = _writer(store)
     try:
         _add_rows(writer, 0, 10)
@@ -180,12 +182,50 @@ def test_an_idle_store_with_its_wal_all_in_the_file_is_still_held(store, monkeyp
         held = frozen.freeze(store.state_db)
         assert held is not None
         held.close_file()
-        assert tries == [False] * frozen.FILE_ALONE_ATTEMPTS + [True]
+        assert tries == [False, True]
         # Reading the WAL-index kept the read transaction's locks: nothing
         # was closed under them (the store still opens, whole).
         assert _rows(store.state_db) >= {f"row-{i}" for i in range(10)}
     finally:
         writer.close()
+
+
+def test_the_checkpoint_is_asked_again_while_another_one_runs(store, monkeypatch):
+    """The write lock is mostly had while a writer runs its own checkpoint
+    (without the lock). The read transaction's mark is then at the WAL's
+    end, and once that checkpoint is done every frame up to it is in the
+    file: so the freeze's PASSIVE checkpoint, answered busy meanwhile, is
+    asked again (``CHECKPOINT_WAIT_SECS`` at most) instead of the whole
+    attempt starting over. Here another connection's FULL checkpoint holds
+    the checkpoint lock while it waits 0.3 s for a reader."""
+    writer = _writer(store)
+    reader = apsw.Connection(str(store.state_db))
+    blocker = apsw.Connection(str(store.state_db))
+    ckpt = apsw.Connection(str(store.state_db))
+    try:
+        _add_rows(writer, 0, 1)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM audit_log").fetchall()  # an older snapshot
+        _add_rows(writer, 1, 20)
+        blocker.setbusytimeout(300)
+        full = threading.Thread(
+            target=lambda: blocker.execute("PRAGMA wal_checkpoint(FULL)").fetchall()
+        )
+        full.start()
+        for _ in range(200):  # until the FULL checkpoint holds its lock
+            if ckpt.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0][0]:
+                break
+            time.sleep(0.005)
+        else:
+            pytest.fail("the FULL checkpoint never held the checkpoint lock")
+        monkeypatch.setattr(frozen, "CHECKPOINT_WAIT_SECS", 10.0)
+        busy, frames, _done = frozen._checkpoint(ckpt)
+        full.join()
+        assert busy == 0 and frames > 0
+    finally:
+        reader.execute("ROLLBACK")
+        for conn in (ckpt, blocker, reader, writer):
+            conn.close()
 
 
 @pytest.mark.parametrize("length", [0, 4096, 3 * (1 << 20) + 12345, 9 * (1 << 20)])

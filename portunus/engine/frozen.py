@@ -42,9 +42,12 @@ from portunus import durable
 from portunus.store.connection import close_quietly
 
 ATTEMPTS = 20  # a checkpoint running elsewhere, or one frame short: try again
-# A snapshot that would read the file alone is refused this many times
-# (see _try_freeze); after that the store is taken to be idle.
-FILE_ALONE_ATTEMPTS = 5
+# A snapshot that would read the file alone is refused until the WAL-index
+# is seen unchanged across two attempts (an idle store), this many times
+# at most (see _WalIndex).
+FILE_ALONE_ATTEMPTS = 10
+# A writer's own checkpoint running: wait this long for it, write lock held.
+CHECKPOINT_WAIT_SECS = 0.05
 LOCK_WAIT_SECS = 1.0  # for the write lock, per attempt; writers hold it for microseconds
 RETRY_SLEEP_SECS = 0.002
 _BUSY_SLEEP_SECS = 0.0005  # polled: SQLite's own busy handler sleeps up to 100 ms at a time
@@ -105,9 +108,9 @@ def freeze(source: Path) -> Frozen | None:
         )
         snap.setbusytimeout(int(LOCK_WAIT_SECS * 1000))
         wal = snap.execute("PRAGMA journal_mode").fetchall()[0][0] == "wal"
-        shm = Path(f"{source}-shm") if wal else None
-        for attempt in range(ATTEMPTS):
-            if _try_freeze(locker, snap, ckpt, shm, attempt >= FILE_ALONE_ATTEMPTS):
+        index = _WalIndex(Path(f"{source}-shm")) if wal else None
+        for _ in range(ATTEMPTS):
+            if _try_freeze(locker, snap, ckpt, index):
                 page_size = snap.execute("PRAGMA page_size").fetchall()[0][0]
                 pages = snap.execute("PRAGMA page_count").fetchall()[0][0]
                 fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
@@ -128,8 +131,7 @@ def _try_freeze(
     locker: apsw.Connection,
     snap: apsw.Connection,
     ckpt: apsw.Connection,
-    shm: Path | None,
-    file_alone_ok: bool,
+    index: _WalIndex | None,
 ) -> bool:
     """Under the write lock: the read transaction begins, then a checkpoint
     must copy every frame up to it into the file.
@@ -148,13 +150,15 @@ def _try_freeze(
     1000 pages by default: milliseconds).
 
     The write lock is mostly had while a writer checkpoints (it commits,
-    lets the lock go and checkpoints without it), so often just after such
-    a checkpoint has put the whole WAL in the file: the read transaction
-    would then read the file alone, as above. So unless ``file_alone_ok``
-    (the store is idle: several attempts found it so), a read transaction
-    that began while the WAL-index (``shm``, the -shm file; None: not WAL)
-    said every frame was in the file is given up and tried again: by then a
-    busy writer has begun a new WAL."""
+    lets the lock go and checkpoints without it). Had during that
+    checkpoint, the read transaction takes a read mark at the WAL's end; the
+    writer's checkpoint is waited for (``CHECKPOINT_WAIT_SECS`` at most,
+    the write lock held) and has then put every frame up to the mark in the
+    file. Had just after it, the whole WAL is in the file and the read
+    transaction would read the file alone, as above: that attempt is given
+    up, unless the store is idle (``index``, the WAL-index: None, not WAL;
+    :class:`_WalIndex`). By the next attempt a busy writer has begun a new
+    WAL."""
     deadline = time.monotonic() + LOCK_WAIT_SECS
     locker.setbusyhandler(lambda _tries: _wait_until(deadline))
     locker.execute("BEGIN IMMEDIATE")
@@ -163,11 +167,11 @@ def _try_freeze(
         # lock is ours, so no frame is added until it is let go.
         snap.execute("BEGIN")
         snap.execute("SELECT 1 FROM sqlite_schema LIMIT 1").fetchall()
-        if shm is not None:
-            if not file_alone_ok and _all_in_file(shm):
+        if index is not None:
+            if index.file_alone_refused():
                 snap.execute("ROLLBACK")
                 return False
-            busy, frames, backfilled = ckpt.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+            busy, frames, backfilled = _checkpoint(ckpt)
             if busy or frames < 0 or frames != backfilled:
                 # Another checkpoint ran, or a reader holds frames back: the
                 # file is not yet the snapshot.
@@ -178,31 +182,64 @@ def _try_freeze(
         locker.execute("ROLLBACK")
 
 
-def _all_in_file(shm: Path) -> bool:
-    """Whether the WAL-index says every frame of the WAL is in the database
-    file (or the WAL is empty). Asked after a read transaction began, under
-    the write lock: checkpoints only add to the count, so a WAL not all in
-    the file now was not then either, and that reader took a WAL read mark.
+def _checkpoint(ckpt: apsw.Connection) -> tuple[int, int, int]:
+    """A PASSIVE checkpoint, tried again while another one runs (busy),
+    for ``CHECKPOINT_WAIT_SECS`` at most: (busy, frames, backfilled)."""
+    until = time.monotonic() + CHECKPOINT_WAIT_SECS
+    while True:
+        busy, frames, backfilled = ckpt.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+        if not busy or time.monotonic() >= until:
+            return busy, frames, backfilled
+        time.sleep(_BUSY_SLEEP_SECS)
 
-    The WAL-index is read where this process's SQLite has it mapped
-    (/proc/self/maps, /proc/self/mem), never through a descriptor of the
-    -shm file: closing one would drop every POSIX lock the process holds on
-    it, the read transaction's among them. Its header (native byte order)
-    holds ``mxFrame`` at byte 16, and the checkpoint info after the
-    header's two copies ``nBackfill`` at byte 96
-    (https://sqlite.org/walformat.html). Not mapped, or not Linux: False,
-    the snapshot is taken as it is."""
-    address = _mapped_at(shm)
-    if address is None:
-        return False
-    try:
-        with open("/proc/self/mem", "rb", buffering=0) as mem:
-            header = os.pread(mem.fileno(), 100, address)
+
+class _WalIndex:
+    """The WAL-index header as the freeze attempts see it.
+
+    Read where this process's SQLite has the -shm mapped (/proc/self/maps,
+    /proc/self/mem), never through a descriptor of the file: closing one
+    would drop every POSIX lock the process holds on it, the read
+    transaction's among them. The header (native byte order) holds
+    ``mxFrame`` at byte 16, and the checkpoint info after the header's two
+    copies ``nBackfill`` at byte 96 (https://sqlite.org/walformat.html). Not
+    mapped, or not Linux: nothing is refused."""
+
+    def __init__(self, shm: Path) -> None:
+        self._shm = shm
+        self._last: bytes | None = None
+        self._refused = 0
+
+    def file_alone_refused(self) -> bool:
+        """Asked under the write lock, once the read transaction began: True
+        if it must be given up, as the whole WAL is in the file (or the WAL
+        is empty) and the store is not idle. Checkpoints only add to the
+        count, so a WAL not all in the file now was not then either, and
+        that reader took a WAL read mark. Idle: the header is what the last
+        attempt saw (nothing committed or checkpointed since), or
+        ``FILE_ALONE_ATTEMPTS`` were refused already."""
+        header = _read_mapped(self._shm, 100)
+        if header is None:
+            return False
         (frames,) = struct.unpack_from("=I", header, 16)
         (backfilled,) = struct.unpack_from("=I", header, 96)
-    except (OSError, struct.error):
-        return False
-    return backfilled >= frames
+        if backfilled < frames:
+            return False
+        idle = header == self._last or self._refused >= FILE_ALONE_ATTEMPTS
+        self._last = header
+        self._refused += not idle
+        return not idle
+
+
+def _read_mapped(path: Path, size: int) -> bytes | None:
+    address = _mapped_at(path)
+    if address is None:
+        return None
+    try:
+        with open("/proc/self/mem", "rb", buffering=0) as mem:
+            data = os.pread(mem.fileno(), size, address)
+    except OSError:
+        return None
+    return data if len(data) == size else None
 
 
 def _mapped_at(path: Path) -> int | None:

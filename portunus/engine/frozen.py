@@ -284,7 +284,7 @@ def copy(
     made a rollback-journal file and the rest as they are, feeding
     ``digest`` the bytes written; ``on_copied`` gets the offset written up
     to after each chunk (:func:`durable.copy_hashed`, past the page cache
-    through ``direct_fd`` where given). True if it all went past it."""
+    through ``direct_fd`` where given). True if the whole blocks went past it."""
     return durable.copy_hashed(
         frozen.fd,
         dst_fd,

@@ -208,14 +208,18 @@ def test_the_checkpoint_is_asked_again_while_another_one_runs(store, monkeypatch
         reader.execute("SELECT count(*) FROM audit_log").fetchall()  # an older snapshot
         _add_rows(writer, 1, 20)
         blocker.setbusytimeout(300)
-        full = threading.Thread(
-            target=lambda: blocker.execute("PRAGMA wal_checkpoint(FULL)").fetchall()
-        )
-        full.start()
-        for _ in range(200):  # until the FULL checkpoint holds its lock
+        # SQLite takes the checkpoint lock without a busy handler: a FULL
+        # checkpoint that meets our probe's lock gives up at once, so it is
+        # started again until a probe finds it holding the lock.
+        for _ in range(20):
+            full = threading.Thread(
+                target=lambda: blocker.execute("PRAGMA wal_checkpoint(FULL)").fetchall()
+            )
+            full.start()
+            time.sleep(0.03)
             if ckpt.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0][0]:
                 break
-            time.sleep(0.005)
+            full.join()
         else:
             pytest.fail("the FULL checkpoint never held the checkpoint lock")
         monkeypatch.setattr(frozen, "CHECKPOINT_WAIT_SECS", 10.0)

@@ -125,14 +125,11 @@ def copy_range(
     start: int,
     end: int,
     on_chunk: Callable[[int], None] | None = None,
-    *,
-    writeback: bool = True,
 ) -> None:
     """Copy bytes ``[start, end)`` of ``src_fd`` to the same offsets of
     ``dst_fd``, in the kernel (copy_file_range) where it allows. After each
-    chunk the writeback is started (unless ``writeback`` is False: a file
-    that is removed within seconds need never reach the disk) and
-    ``on_chunk`` gets the offset copied up to. Where the kernel or the
+    chunk the writeback is started and ``on_chunk`` gets the offset copied
+    up to. Where the kernel or the
     filesystems refuse copy_file_range (another filesystem, an old kernel),
     1 MiB reads and writes through one reused buffer: memory stays flat.
     A source shorter than ``end`` is an error (EIO), never a short copy."""
@@ -159,8 +156,7 @@ def copy_range(
         if copied == 0:
             raise OSError(errno.EIO, f"the source ended at byte {offset}, before byte {end}")
         offset += copied
-        if writeback:
-            start_writeback(dst_fd)
+        start_writeback(dst_fd)
         if on_chunk is not None:
             on_chunk(offset)
 

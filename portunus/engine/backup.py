@@ -182,7 +182,6 @@ def backup(
                 progress,
                 on_snapshot_released=checkpoint.start,
                 held_file=held_file,
-                hash_copy=not recipients,
                 check_level=verify,
             )
             copy_seconds = time.monotonic() - started
@@ -286,15 +285,20 @@ def _seal_held(
     SQLite checks the same held bytes and the ciphertext is hashed and
     written out as it grows. A failed check publishes nothing."""
 
-    def encrypt(written: Callable[[int], None]) -> None:
-        first = frozen.first_page(held_file)
-        seal.encrypt_stream(first, held_file.fd, held_file.size, tmp, recipients, written)
+    trail = TrailingSha256(tmp, lower_thread_priority)
 
-    version, trail = _write_held(
-        held_file, source, tmp, level, progress, on_snapshot_released, encrypt, hash_it=True
-    )
-    assert trail is not None
+    def encrypt(written: Callable[[int], None]) -> None:
+        def grown(upto: int) -> None:
+            trail.advance(upto)
+            written(upto)
+
+        first = frozen.first_page(held_file)
+        seal.encrypt_stream(first, held_file.fd, held_file.size, tmp, recipients, grown)
+
     try:
+        version = _write_held(
+            held_file, source, tmp, level, progress, on_snapshot_released, encrypt
+        )
         digest, size = trail.result(os.stat(tmp).st_size)
         durable.fsync_path(tmp)
     except BaseException:
@@ -430,13 +434,13 @@ def _copy(
     progress: Progress | None,
     on_snapshot_released: Callable[[], None],
     held_file: frozen.Frozen | None = None,
-    hash_copy: bool = False,
     check_level: str = "none",
 ) -> _Copy:
     """Copy the store into ``tmp``: its file while ``held_file`` holds it
-    unchanged, else through SQLite's Online Backup API. ``tmp_fd`` given:
-    the kernel starts writing the copy out as it is made. ``hash_copy``:
-    the file copy is hashed as it is written (see :class:`_Copy`).
+    unchanged (a plain backup's copy, hashed as it is written: see
+    :class:`_Copy`), else through SQLite's Online Backup API (also a sealed
+    backup's private staging copy). ``tmp_fd`` given: the kernel starts
+    writing the copy out as it is made.
 
     The file copy is checked (``check_level``) while it is made: SQLite
     reads the held file, the very bytes copied (page for page, header bytes
@@ -449,9 +453,7 @@ def _copy(
 
     def copy(written: Callable[[int], None]) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC)
-        # The private staging copy of a sealed backup is removed within
-        # seconds: it stays in the page cache, mostly never written at all.
-        direct_fd = durable.open_direct(tmp) if tmp_fd is not None else None
+        direct_fd = durable.open_direct(tmp)
         try:
             frozen.copy(held_file, fd, digest, written, direct_fd)
         finally:
@@ -459,20 +461,11 @@ def _copy(
             if direct_fd is not None:
                 os.close(direct_fd)
 
-    version, _ = _write_held(
-        held_file,
-        source,
-        tmp,
-        check_level,
-        progress,
-        on_snapshot_released,
-        copy,
-        hash_it=False,
-        write_back=tmp_fd is not None,
-    )
+    version = _write_held(held_file, source, tmp, check_level, progress, on_snapshot_released, copy)
     size = held_file.size
-    hashed = (lambda: (digest.hexdigest(), size)) if hash_copy else None
-    return _Copy(version, held_file.pages, 0, COPY_FILE, hashed, checked=True)
+    return _Copy(
+        version, held_file.pages, 0, COPY_FILE, lambda: (digest.hexdigest(), size), checked=True
+    )
 
 
 def _write_held(
@@ -483,25 +476,17 @@ def _write_held(
     progress: Progress | None,
     on_snapshot_released: Callable[[], None],
     write: Callable[[Callable[[int], None]], None],
-    *,
-    hash_it: bool,
-    write_back: bool = True,
-) -> tuple[int, TrailingSha256 | None]:
+) -> int:
     """``write`` fills ``tmp`` from the held file, front to back, telling
     how far it got; meanwhile SQLite checks the held bytes (``check_level``)
-    on the other core, ``tmp`` is hashed behind the writer (``hash_it``:
-    the returned :class:`TrailingSha256`, for the caller to finish) and
-    written out to the disk (``write_back``). The snapshot is released
-    once both are done. The schema version, and the hash."""
+    on the other core and what went through the page cache is written out
+    to the disk. The snapshot is released once both are done. The schema
+    version."""
     version = _checked_version(held_file.conn, source, "its file, held unchanged")
-    trail = TrailingSha256(tmp, lower_thread_priority) if hash_it else None
-    writeback = durable.BackgroundWriteback(tmp) if write_back else None
+    writeback = durable.BackgroundWriteback(tmp)
 
     def written(upto: int) -> None:
-        if trail is not None:
-            trail.advance(upto)
-        if writeback is not None:
-            writeback.poke()
+        writeback.poke()
         if progress:
             # A ciphertext outgrows the pages it holds.
             progress(min(upto // held_file.page_size, held_file.pages), held_file.pages)
@@ -516,14 +501,9 @@ def _write_held(
             checked.result()
         held_file.release()
         on_snapshot_released()
-    except BaseException:
-        if trail is not None:
-            trail.cancel()
-        raise
     finally:
-        if writeback is not None:
-            writeback.close()
-    return version, trail
+        writeback.close()
+    return version
 
 
 def _check_held(conn: apsw.Connection, level: str, source: Path) -> None:

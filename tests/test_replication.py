@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -93,17 +94,28 @@ def restore_into(cli, root: Path, replica_url: str, *extra: str) -> tuple[suppor
     return run, fresh
 
 
-def wait_until_shipped(cli, root: Path, replica_url: str, names: list[str], within=60.0) -> None:
-    """Until a restore from the replica (into a throwaway data dir) holds
-    ``names``: what a few sync intervals ship, without a fixed sleep that a
-    loaded machine (Litestream runs at nice 10) can outlast."""
+def wait_until_shipped(
+    restore: Callable[[Path], support.Run], root: Path, names: list[str], within=60.0
+) -> None:
+    """Until ``restore(data_dir)`` (from the replica, into a throwaway data
+    dir under ``root``) holds ``names``: what a few sync intervals ship,
+    without a fixed sleep that a loaded machine (Litestream runs at nice 10)
+    can outlast."""
     deadline = time.monotonic() + within
     while True:
-        run, fresh = restore_into(cli, root, replica_url)
-        if run.code == 0 and set(names) <= client_names(fresh.state_db):
+        fresh = root / f"probe-{time.monotonic_ns()}"
+        run = restore(fresh)
+        if run.code == 0 and set(names) <= client_names(fresh / "state.db"):
             return
         assert time.monotonic() < deadline, f"not in the replica after {within}s:\n{run.err}"
         time.sleep(0.5)
+
+
+def from_replica(cli, replica_url: str) -> Callable[[Path], support.Run]:
+    """``restore --from-replica --replica URL`` into a given data dir."""
+    return lambda data: cli(
+        "--data-dir", str(data), "restore", "--from-replica", "--replica", replica_url
+    )
 
 
 @pytest.fixture
@@ -119,7 +131,7 @@ def test_disaster_drill_kill_9_then_restore_on_a_fresh_data_dir(serve_tmp, env, 
     first = replicated(serve_tmp, replica, env)
     names = [f"edge{i}" for i in range(20)]
     create_clients(first.server, first.admin, names)
-    wait_until_shipped(cli, serve_tmp, replica, names)  # by the periodic sync alone
+    wait_until_shipped(from_replica(cli, replica), serve_tmp, names)  # by the periodic sync alone
     first.server.stop(signal.SIGKILL)
     assert wait_until_gone(first.pid), "Litestream outlived its kill -9'd server"
 
@@ -204,7 +216,7 @@ def test_point_in_time_restore_between_two_batches(serve_tmp, env, cli):
     replica = f"file://{serve_tmp / 'replica'}"
     first = replicated(serve_tmp, replica, env)
     create_clients(first.server, first.admin, ["before0", "before1"])
-    wait_until_shipped(cli, serve_tmp, replica, ["before0", "before1"])
+    wait_until_shipped(from_replica(cli, replica), serve_tmp, ["before0", "before1"])
     time.sleep(1.1)  # `between` (whole seconds) after the LTX file that shipped them
     between = datetime.now(UTC).replace(microsecond=0)
     time.sleep(2)

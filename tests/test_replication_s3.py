@@ -24,6 +24,7 @@ from tests.test_replication import (  # noqa: F401 (the fixture applies here too
     create_clients,
     replicated,
     wait_until_gone,
+    wait_until_shipped,
 )
 
 serve_tmp = serving.serve_tmp
@@ -104,15 +105,7 @@ def test_drill_against_s3_and_no_credential_in_any_output(serve_tmp, env, cli, s
         return support.run_cli("--data-dir", str(fresh), "--config", str(restore_config),
                                "restore", "--from-replica", env=env)  # fmt: skip
 
-    # Shipped by the periodic sync alone (no fixed sleep: Litestream runs at
-    # nice 10, and a loaded machine can outlast any).
-    deadline = time.monotonic() + 60
-    while True:
-        probe = serve_tmp / f"probe-{time.monotonic_ns()}"
-        if restored(probe).code == 0 and set(names) <= client_names(probe / "state.db"):
-            break
-        assert time.monotonic() < deadline, "the writes did not reach the replica within 60 s"
-        time.sleep(0.5)
+    wait_until_shipped(restored, serve_tmp, names)  # by the periodic sync alone
     first.server.stop(signal.SIGKILL)
     assert wait_until_gone(first.pid)
     outputs = [first.server.stderr()]
